@@ -1,0 +1,90 @@
+"""How much train.py's loop costs beyond the model's own work.
+
+Times one epoch through ``train.train_one_epoch`` (DataLoader reading PNGs,
+paired transforms, loss, optimizer and scheduler steps, tqdm, logging) against
+a bare loop of forward + loss + backward + optimizer step over the same
+batches preloaded in memory, and prints both and their ratio (target <= 1.15
+on a 2-core CPU). Data: the synthetic demo generator, written to a temp dir.
+
+    python bench/train_overhead.py [--images 96] [--epochs 2] [--threads 2] [--workers 1]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import train  # noqa: E402
+from datasets.synthetic import generate  # noqa: E402
+from utils.config import load_config  # noqa: E402
+from utils.losses import build_loss  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def raw_epoch(model: torch.nn.Module, batches: list, criterion, optimizer) -> float:
+    """Forward + loss + backward + step over preloaded batches; seconds."""
+    model.train()
+    start = time.perf_counter()
+    for images, masks in batches:
+        loss, _ = criterion(model(images), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
+    p.add_argument("--images", type=int, default=96, help="training images (the epoch length)")
+    p.add_argument("--epochs", type=int, default=2, help="timed epochs per path (best one reported)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--workers", type=int, default=1, help="data.num_workers for the train.py path")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "demo"
+        generate(root, num_classes=2, num_train=args.images, num_val=8, image_size=128, seed=0)
+        cfg = load_config(args.config, [f"data.root={root}", f"data.num_workers={args.workers}",
+                                        "train.progress=true", f"train.checkpoint_dir={tmp}/ckpt"])
+        device = torch.device("cpu")
+        train.seed_everything(cfg.seed)
+        train_ds, val_ds = train.build_datasets(cfg)
+        loader, _ = train.build_loaders(cfg, train_ds, val_ds, device)
+        model = train.build_model(cfg)
+        criterion = build_loss(cfg.loss)
+        optimizer = train.build_optimizer(cfg, model)
+        scheduler = train.build_scheduler(cfg, optimizer, len(loader))
+        scaler = torch.amp.GradScaler("cuda", enabled=False)
+        stop = train.StopFlag()
+
+        batches = [(x.clone(), y.clone()) for x, y in loader]  # also warms the persistent workers
+        raw_epoch(model, batches[:2], criterion, optimizer)  # warm-up (allocator, kernels)
+        loop_times, raw_times = [], []
+        for epoch in range(1, args.epochs + 1):  # interleaved so machine noise hits both alike
+            stats = train.train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, device,
+                                          epoch, cfg, stop)
+            loop_times.append(stats["seconds"])
+            raw_times.append(raw_epoch(model, batches, criterion, optimizer))
+
+    n = len(batches) * cfg.train.batch_size
+    loop, raw = min(loop_times), min(raw_times)
+    print(f"config {args.config}: {n} images/epoch at batch {cfg.train.batch_size}, "
+          f"{args.threads} torch threads, {args.workers} loader workers")
+    print(f"train.py epoch (DataLoader + transforms + loss + step + tqdm): {loop:7.2f} s  ({n / loop:6.1f} img/s)")
+    print(f"raw forward+backward+step on preloaded batches:           {raw:7.2f} s  ({n / raw:6.1f} img/s)")
+    print(f"overhead ratio: {loop / raw:.3f}  (target <= 1.15)")
+
+
+if __name__ == "__main__":
+    main()

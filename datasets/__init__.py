@@ -1,0 +1,16 @@
+"""Datasets yielding ``(tv_tensors.Image, tv_tensors.Mask)`` pairs, registered in ``DATASETS``.
+
+Importing this package registers "folder" and "synthetic".
+"""
+import warnings
+
+from datasets.folder import FolderDataset
+from datasets.io import list_images, parse_mask_mapping, read_image, read_mask
+from datasets.synthetic import SyntheticDataset
+
+# `python -m datasets.synthetic` imports this package, and so datasets.synthetic,
+# before running that module as __main__; runpy then warns about the second copy,
+# which datasets/synthetic.py handles (it registers only once).
+warnings.filterwarnings("ignore", message=r"'datasets\.synthetic' found in sys\.modules", category=RuntimeWarning)
+
+__all__ = ["FolderDataset", "SyntheticDataset", "list_images", "parse_mask_mapping", "read_image", "read_mask"]

@@ -1,0 +1,273 @@
+"""``FolderDataset``: image/mask pairs read from an images/ and a masks/ folder."""
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from datasets.io import INTENSITY_MODES, list_images, parse_mask_mapping, read_image, read_mask
+from utils.constants import IGNORE_INDEX, IMAGE_SUFFIXES
+from utils.registry import DATASETS
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test", "all")
+
+LAYOUT_HELP = (
+    "expected either split folders root/train/images + root/train/masks (and val/, test/) "
+    "or a flat root/images + root/masks split into train/val by val_fraction"
+)
+
+Sample = Tuple[Path, Optional[Path]]
+
+
+@DATASETS.register("folder")
+class FolderDataset(Dataset):
+    """Image/mask pairs from root/<split>/{images,masks} or a flat root/{images,masks}.
+
+    Images and masks are paired by file stem (``images/a.JPG`` with
+    ``masks/a.png``). With split folders (used when ``root/train/images``
+    exists) ``split`` picks the folder; a flat layout is shuffled with ``seed``
+    and split into train and val by ``val_fraction``. ``split="all"`` takes
+    every pair. A test split may have no masks/ folder: its masks are then
+    all ``IGNORE_INDEX``. Masks are validated as they are loaded.
+
+    Args:
+        root: dataset folder.
+        split: "train", "val", "test" or "all".
+        num_classes: number of classes, background included (2 for binary).
+        transforms: callable ``(Image, Mask) -> (Image, Mask)`` applied in
+            ``__getitem__``; None for no transforms.
+        in_channels: channels of the returned image (3: grey repeated to RGB,
+            1: RGB converted to luminance).
+        seed: seed of the flat-layout train/val split.
+        mask_mapping: how mask pixels become classes: "identity", "binary",
+            "nonzero", a ``{value: class}`` or a ``{"R,G,B": class}`` mapping.
+        intensity: image scaling, "auto", "percentile" or "none" (see
+            ``datasets.io.read_image``).
+        val_fraction: share of a flat layout used for val (ignored with split
+            folders).
+        cache: keep decoded samples in memory (one copy per DataLoader worker).
+    """
+
+    #: Whether the dataset creates ``root`` itself (the config layer then skips its existence check).
+    creates_root = False
+
+    def __init__(
+        self,
+        root: str,
+        split: str,
+        num_classes: int,
+        transforms: Any = None,
+        in_channels: int = 3,
+        seed: int = 0,
+        mask_mapping: Union[str, Dict[Any, int]] = "identity",
+        intensity: Literal["auto", "percentile", "none"] = "auto",
+        val_fraction: float = 0.2,
+        cache: bool = False,
+    ) -> None:
+        _check_arguments(split, num_classes, in_channels, intensity, val_fraction)
+        self.root = Path(root)
+        self.split = split
+        self.num_classes = num_classes
+        self.class_names: Optional[List[str]] = None
+        self.transforms = transforms
+        self.in_channels = in_channels
+        self.intensity = intensity
+        self.mask_mapping = parse_mask_mapping(mask_mapping)
+        _check_mapping_classes(self.mask_mapping.classes(), num_classes)
+        self.samples: List[Sample] = self._find_samples(seed, val_fraction)
+        self._cache: Optional[Dict[int, Tuple[torch.Tensor, Optional[torch.Tensor]]]] = {} if cache else None
+        logger.debug("%r", self)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, "
+            f"{len(self)} samples, num_classes={self.num_classes}, mask_mapping={self.mask_mapping!r})"
+        )
+
+    def read_sample(self, index: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The raw sample ``index``: image float32 (C,H,W) and mask int64 (H,W) or None."""
+        if self._cache is not None and index in self._cache:
+            image, mask = self._cache[index]
+            return image.clone(), None if mask is None else mask.clone()
+        image_path, mask_path = self.samples[index]
+        image = read_image(image_path, self.intensity, self.in_channels)
+        mask = None
+        if mask_path is not None:
+            mask = read_mask(mask_path, self.mask_mapping, self.num_classes)
+            _check_same_size(image, image_path, mask, mask_path)
+        if self._cache is not None:
+            self._cache[index] = (image.clone(), None if mask is None else mask.clone())
+        return image, mask
+
+    def __getitem__(self, index: int) -> Tuple[tv_tensors.Image, tv_tensors.Mask]:
+        """Sample ``index`` after ``transforms``, as tv_tensors; a missing mask is all ``IGNORE_INDEX``."""
+        image, mask = self.read_sample(index)
+        if mask is None:
+            mask = torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.int64)
+        if self.transforms is not None:
+            image, mask = self.transforms(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        return tv_tensors.Image(image), tv_tensors.Mask(mask)
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether every sample has a mask file (False for a test split without masks/)."""
+        return all(mask is not None for _, mask in self.samples)
+
+    # ------------------------------------------------------------ discovery
+
+    def _find_samples(self, seed: int, val_fraction: float) -> List[Sample]:
+        """All (image, mask) pairs of ``self.split`` in this root's layout."""
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"dataset root {self.root} does not exist; {LAYOUT_HELP}")
+        if (self.root / "train" / "images").is_dir():
+            return self._split_folder_samples()
+        if (self.root / "images").is_dir():
+            return self._flat_samples(seed, val_fraction)
+        raise FileNotFoundError(f"{self.root} has neither train/images/ nor images/; {LAYOUT_HELP}")
+
+    def _split_folder_samples(self) -> List[Sample]:
+        """Pairs from root/<split>/images + masks (every split folder for "all")."""
+        present = [s for s in SPLITS[:3] if (self.root / s / "images").is_dir()]
+        if self.split == "all":
+            return [pair for s in present for pair in pair_folder(self.root / s, masks_optional=s == "test")]
+        if self.split not in present:
+            raise FileNotFoundError(
+                f"{self.root / self.split / 'images'} does not exist; this dataset has the splits "
+                f"{', '.join(present)}"
+            )
+        return _non_empty(pair_folder(self.root / self.split, masks_optional=self.split == "test"), self)
+
+    def _flat_samples(self, seed: int, val_fraction: float) -> List[Sample]:
+        """Pairs from root/images + root/masks, split into train/val by a seeded shuffle."""
+        if self.split == "test":
+            raise ValueError(
+                f"{self.root} has the flat layout images/ + masks/, which has no test split "
+                "(only train, val and all); put test data in test/images + test/masks folders"
+            )
+        pairs = pair_folder(self.root, masks_optional=self.split == "all")
+        if self.split == "all":
+            return pairs
+        train, val = split_indices(len(pairs), val_fraction, seed)
+        chosen = train if self.split == "train" else val
+        return _non_empty([pairs[i] for i in chosen], self)
+
+
+def pair_folder(folder: Path, masks_optional: bool = False) -> List[Sample]:
+    """Pair ``folder/images/*`` with ``folder/masks/*`` by file stem, sorted by stem.
+
+    Without a masks/ folder and ``masks_optional`` every mask is None.
+    Unpaired files, duplicate stems and an empty images/ folder raise ValueError.
+    """
+    image_dir, mask_dir = folder / "images", folder / "masks"
+    images = _by_stem(image_dir)
+    if not images:
+        raise ValueError(f"{image_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}); {LAYOUT_HELP}")
+    if masks_optional and not mask_dir.is_dir():
+        return [(images[stem], None) for stem in sorted(images)]
+    if not mask_dir.is_dir():
+        raise FileNotFoundError(f"{mask_dir} does not exist: every image in {image_dir} needs a mask there")
+    masks = _by_stem(mask_dir)
+    _check_paired(images, masks, image_dir, mask_dir)
+    return [(images[stem], masks[stem]) for stem in sorted(images)]
+
+
+def split_indices(count: int, val_fraction: float, seed: int) -> Tuple[List[int], List[int]]:
+    """Seeded disjoint (train, val) index lists covering ``range(count)``, each sorted.
+
+    val gets ``round(count * val_fraction)`` indices, at least 1 when
+    ``val_fraction > 0`` and ``count >= 2``, and never all of them.
+    """
+    num_val = round(count * val_fraction)
+    if val_fraction > 0 and count >= 2:
+        num_val = min(max(num_val, 1), count - 1)
+    order = np.random.default_rng(seed).permutation(count)
+    return sorted(order[num_val:].tolist()), sorted(order[:num_val].tolist())
+
+
+def _by_stem(folder: Path) -> Dict[str, Path]:
+    """Image files of ``folder`` keyed by stem; two files with one stem raise."""
+    files: Dict[str, Path] = {}
+    for path in list_images(folder):
+        if path.stem in files:
+            raise ValueError(
+                f"{folder}: {files[path.stem].name} and {path.name} have the same stem "
+                f"{path.stem!r}; images and masks are paired by stem, so keep only one"
+            )
+        files[path.stem] = path
+    return files
+
+
+def _check_paired(images: Dict[str, Path], masks: Dict[str, Path], image_dir: Path, mask_dir: Path) -> None:
+    """Raise listing (up to 5 per side) images without a mask and masks without an image."""
+    lonely_images = sorted(images.keys() - masks.keys())
+    lonely_masks = sorted(masks.keys() - images.keys())
+    if not lonely_images and not lonely_masks:
+        return
+    problems = []
+    if lonely_images:
+        names = [images[stem].name for stem in lonely_images]
+        problems.append(f"{len(names)} image(s) in {image_dir} without a mask: {_first(names)}")
+    if lonely_masks:
+        names = [masks[stem].name for stem in lonely_masks]
+        problems.append(f"{len(names)} mask(s) in {mask_dir} without an image: {_first(names)}")
+    raise ValueError(
+        f"{'; '.join(problems)}. Every image in {image_dir} needs a mask with the same file stem "
+        f"in {mask_dir} (e.g. images/case1.jpg and masks/case1.png)"
+    )
+
+
+def _first(names: List[str], limit: int = 5) -> str:
+    """The first ``limit`` names, comma-separated, with a count of the rest."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _non_empty(samples: List[Sample], dataset: "FolderDataset") -> List[Sample]:
+    """``samples``, or a ValueError when the requested split has none."""
+    if not samples:
+        raise ValueError(
+            f"{dataset.root}: the {dataset.split!r} split is empty; with a flat images/ + masks/ "
+            "layout raise val_fraction above 0 or add images"
+        )
+    return samples
+
+
+def _check_same_size(image: torch.Tensor, image_path: Path, mask: torch.Tensor, mask_path: Path) -> None:
+    """Raise when a mask's height and width differ from its image's."""
+    if image.shape[-2:] != mask.shape:
+        ih, iw = image.shape[-2:]
+        mh, mw = mask.shape
+        raise ValueError(f"{mask_path}: size {mw}x{mh} differs from image {image_path} {iw}x{ih}")
+
+
+def _check_arguments(split: str, num_classes: int, in_channels: int, intensity: str, val_fraction: float) -> None:
+    """Raise ValueError for arguments outside their valid range."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if num_classes < 2:
+        raise ValueError(
+            f"num_classes must be at least 2 (background included; binary segmentation is 2), got {num_classes}"
+        )
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be at least 1, got {in_channels}")
+    if intensity not in INTENSITY_MODES:
+        raise ValueError(f"intensity must be one of {', '.join(INTENSITY_MODES)}, got {intensity!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+
+
+def _check_mapping_classes(classes: List[int], num_classes: int) -> None:
+    """Raise when an explicit mask mapping targets a class outside ``0..num_classes-1``."""
+    bad = [c for c in classes if not (c < num_classes or c == IGNORE_INDEX)]
+    if bad:
+        raise ValueError(
+            f"data.mask_mapping maps to class(es) {bad} but num_classes={num_classes} allows "
+            f"0..{num_classes - 1} (and {IGNORE_INDEX} = ignore); raise num_classes or fix the mapping"
+        )

@@ -1,0 +1,175 @@
+"""U-Net (Ronneberger et al., 2015) for semantic segmentation, registered as "unet".
+
+Widths: the encoder levels have ``base_channels * 2**i`` channels for
+``i = 0 .. depth`` (64, 128, 256, 512, 1024 for the classic ``base_channels=64,
+depth=4``). Each decoder step upsamples by 2, pads the result to the skip
+connection's size, concatenates and applies a :class:`DoubleConv`.
+
+``bilinear=True`` (the default) follows the common lightweight variant: the
+upsampling has no weights and keeps the channel count, so the bottleneck is
+*halved* (to ``base_channels * 2**(depth - 1)``, the same as the deepest skip)
+and each decoder step outputs half its skip's width (the last one outputs
+``base_channels``). That is about 17.3M parameters for the classic widths
+instead of 31.0M with ``bilinear=False``, where a ``ConvTranspose2d`` halves
+the channels on the way up and the widths mirror the encoder exactly.
+
+Any input size at least ``2**depth`` per side works: pooling floors odd
+sizes, and the decoder pads back up to each skip's size, so the logits always
+have the input's height and width.
+"""
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.registry import MODELS
+
+
+class DoubleConv(nn.Module):
+    """(3x3 conv -> BatchNorm -> ReLU) twice; the spatial size is kept."""
+
+    def __init__(self, in_ch: int, out_ch: int, mid_ch: Optional[int] = None) -> None:
+        super().__init__()
+        mid_ch = mid_ch or out_ch
+        self.block = nn.Sequential(
+            nn.Conv2d(in_ch, mid_ch, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(mid_ch),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid_ch, out_ch, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(out_ch),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class Down(nn.Module):
+    """2x2 max pooling (halves H and W, flooring odd sizes) followed by a DoubleConv."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.MaxPool2d(2), DoubleConv(in_ch, out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class Up(nn.Module):
+    """Upsample x2, pad/crop to the skip's size, concatenate [skip, x], DoubleConv.
+
+    Args:
+        in_ch: channels of the deeper feature map ``x``.
+        skip_ch: channels of the skip connection.
+        out_ch: channels out.
+        bilinear: weight-free bilinear upsampling (keeps ``in_ch`` channels);
+            otherwise a 2x2 stride-2 ``ConvTranspose2d`` to ``in_ch // 2`` channels.
+    """
+
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int, bilinear: bool) -> None:
+        super().__init__()
+        if bilinear:
+            self.up: nn.Module = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+            self.conv = DoubleConv(in_ch + skip_ch, out_ch, mid_ch=(in_ch + skip_ch) // 2)
+        else:
+            self.up = nn.ConvTranspose2d(in_ch, in_ch // 2, kernel_size=2, stride=2)
+            self.conv = DoubleConv(in_ch // 2 + skip_ch, out_ch)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)
+        dy = skip.shape[-2] - x.shape[-2]
+        dx = skip.shape[-1] - x.shape[-1]
+        if dy or dx:  # odd sizes upstream; negative values crop
+            x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
+class OutConv(nn.Module):
+    """1x1 convolution mapping features to per-class logits."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+@MODELS.register("unet")
+class UNet(nn.Module):
+    """U-Net encoder-decoder returning raw logits of shape (N, out_channels, H, W).
+
+    Args:
+        in_channels: image channels (3 for RGB, 1 for grayscale).
+        out_channels: 1 for binary sigmoid output, otherwise the number of
+            classes (softmax over channels).
+        base_channels: width of the first level; level ``i`` has
+            ``base_channels * 2**i`` channels.
+        depth: number of 2x downsamplings; inputs need at least ``2**depth``
+            pixels per side.
+        bilinear: bilinear upsampling with a halved bottleneck (lighter) instead
+            of transposed convolutions (see the module docstring).
+    """
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 1, base_channels: int = 64,
+                 depth: int = 4, bilinear: bool = True) -> None:
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                            ("base_channels", base_channels), ("depth", depth)):
+            if value < 1:
+                raise ValueError(f"UNet: {name} must be at least 1, got {value}")
+        self.in_channels = in_channels
+        self.depth = depth
+        widths = [base_channels * 2 ** i for i in range(depth + 1)]
+        if bilinear:
+            widths[depth] //= 2
+        self.inc = DoubleConv(in_channels, widths[0])
+        self.downs = nn.ModuleList(Down(widths[i], widths[i + 1]) for i in range(depth))
+        self.ups = nn.ModuleList(self._decoder(widths, bilinear))
+        self.outc = OutConv(widths[0], out_channels)
+        self._init_weights()
+
+    @staticmethod
+    def _decoder(widths: List[int], bilinear: bool) -> List[Up]:
+        """Up blocks from the bottleneck to the first level."""
+        ups, channels = [], widths[-1]
+        for level in reversed(range(len(widths) - 1)):
+            out = widths[level - 1] if bilinear and level > 0 else widths[level]
+            ups.append(Up(channels, widths[level], out, bilinear))
+            channels = out
+        return ups
+
+    def _init_weights(self) -> None:
+        """Kaiming-normal convolutions (ReLU gain), unit BatchNorm, zero biases."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ValueError for a wrong rank, channel count or a too-small image."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"UNet expects input (N, {self.in_channels}, H, W), got {tuple(x.shape)}; "
+                             "check model.in_channels against the images")
+        h, w = x.shape[-2:]
+        minimum = 2 ** self.depth
+        if h < minimum or w < minimum:
+            raise ValueError(f"UNet with depth {self.depth} needs inputs of at least {minimum}x{minimum} "
+                             f"(each of the {self.depth} poolings halves the size), got {h}x{w}; "
+                             f"resize/pad the images to at least {minimum} px per side or lower model.depth")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        x = self.inc(x)
+        skips = [x]
+        for down in self.downs:
+            skips.append(down(skips[-1]))
+        x = skips.pop()
+        for up in self.ups:
+            x = up(x, skips.pop())
+        return self.outc(x)

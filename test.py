@@ -1,0 +1,214 @@
+"""Predict with a trained checkpoint and write results a person can look at.
+
+    python test.py --config configs/demo.yaml [--set ...] [--checkpoint PATH] [--input DIR] [--output DIR]
+    python test.py --checkpoint checkpoint/demo/best.pt          # config read from the checkpoint
+
+Writes ``<test.output_dir>/<experiment>/`` (or ``--output``):
+
+* ``masks/<name>.png``    binary: 0/255 grayscale; multiclass: palette PNG of class indices
+* ``overlays/<name>.png`` the image with the prediction blended in, its contours in the
+                          class colour and the ground-truth contour in white
+* ``overview.png``        a grid of the first images beside their overlays
+* ``per_image.csv``       Dice and IoU per image (when masks exist)
+* ``summary.json``        dataset-level metrics from one confusion matrix, the per-image
+                          means, and the checkpoint used
+
+Predictions are made at the size the validation transforms give and then
+resized (bilinear, on probabilities) to each image's original size, so every
+mask lines up with its image.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from datasets import list_images, read_image
+from train import build_model, select_device, setup_logging
+from utils.checkpoint import load_checkpoint
+from utils.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
+from utils.constants import IGNORE_INDEX
+from utils.fileio import atomic_open, write_json
+from utils.inference import labels_from_probabilities, predict_probabilities
+from utils.metrics import ConfusionMatrix, format_metrics, per_image_scores
+from utils.registry import DATASETS
+from utils.transforms import build_transforms
+from utils.visualize import default_palette, make_grid, mask_image, overlay, save_png, to_display
+
+log = logging.getLogger("test")
+
+Sample = Tuple[str, torch.Tensor, Optional[torch.Tensor]]
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Predict with a trained segmentation checkpoint.")
+    p.add_argument("--config", help="experiment YAML (optional when --checkpoint is given)")
+    p.add_argument("--checkpoint", help="checkpoint file (default: <run dir>/<test.checkpoint>)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override config keys, e.g. --set test.split=test")
+    p.add_argument("--input", help="a folder of images (no masks needed) to predict instead of a split")
+    p.add_argument("--output", help="output folder (default: <test.output_dir>/<experiment>)")
+    return p.parse_args(argv)
+
+
+def resolve(args: argparse.Namespace) -> Tuple[Config, Path, Dict[str, Any]]:
+    """The config (from --config, else from the checkpoint), the checkpoint path and its state."""
+    check_paths = args.input is None
+    if args.config:
+        cfg = load_config(args.config, args.overrides, check_paths=check_paths)
+        ckpt_path = Path(args.checkpoint) if args.checkpoint else cfg.run_dir / cfg.test.checkpoint
+        state = load_checkpoint(ckpt_path)
+    elif args.checkpoint:
+        ckpt_path = Path(args.checkpoint)
+        state = load_checkpoint(ckpt_path)
+        raw = state.get("config")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{ckpt_path}: holds no config; pass --config")
+        keys = apply_overrides(raw, args.overrides)
+        cfg = config_from_dict(raw, source=f"{ckpt_path} (saved config)", overridden=keys, check_paths=check_paths)
+    else:
+        raise ConfigError("give --config, --checkpoint, or both")
+    return cfg, ckpt_path, state
+
+
+def iter_samples(cfg: Config, input_dir: Optional[str]) -> Tuple[int, Iterator[Sample]]:
+    """(count, iterator of (name, raw image (C,H,W) float, raw mask (H,W) or None))."""
+    if input_dir is not None:
+        paths = list_images(Path(input_dir))
+        if not paths:
+            raise FileNotFoundError(f"{input_dir}: no images ({', '.join(('.png', '.jpg', '.tif'))} ...) found")
+        intensity = cfg.data.options.get("intensity", "auto")
+
+        def from_folder() -> Iterator[Sample]:
+            for path in paths:
+                yield path.stem, read_image(path, intensity=intensity, in_channels=cfg.model.in_channels), None
+        return len(paths), from_folder()
+
+    dataset = DATASETS.build(cfg.data.name, split=cfg.test.split, transforms=None, **cfg.dataset_kwargs())
+
+    def from_dataset() -> Iterator[Sample]:
+        for i, (image_path, _) in enumerate(dataset.samples):
+            image, mask = dataset.read_sample(i)
+            yield Path(image_path).stem, image, mask
+    return len(dataset), from_dataset()
+
+
+def predict(model: torch.nn.Module, image: torch.Tensor, transforms: Callable, device: torch.device,
+            threshold: float, amp: bool) -> np.ndarray:
+    """(H, W) int64 class indices at the image's original size."""
+    size = tuple(image.shape[-2:])
+    x, _ = transforms(image, None)
+    x = x.as_subclass(torch.Tensor).unsqueeze(0).to(device)
+    probs = predict_probabilities(model, x, out_size=size, amp=amp)
+    return labels_from_probabilities(probs, threshold)[0].cpu().numpy()
+
+
+def _csv_row(name: str, scores: Dict[str, Any]) -> Dict[str, Any]:
+    row: Dict[str, Any] = {"image": name}
+    for key, value in scores.items():
+        if isinstance(value, float) or value is None:
+            row[key] = value
+        elif isinstance(value, dict) and key in ("dice_per_class", "iou_per_class"):
+            for cls, v in value.items():
+                row[f"{key.split('_')[0]}_{cls}"] = v
+    return row
+
+
+def _write_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
+    columns: List[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with atomic_open(path, "w") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, restval="")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else (f"{v:.6f}" if isinstance(v, float) else v))
+                             for k, v in row.items()})
+
+
+def _per_image_means(rows: List[Dict[str, Any]], num_classes: int) -> Dict[str, Any]:
+    keys = ["dice_foreground", "iou_foreground"] if num_classes == 2 else ["mean_dice", "miou"]
+    out: Dict[str, Any] = {}
+    for key in keys:
+        values = [r[key] for r in rows if isinstance(r.get(key), float)]
+        out[key] = float(np.mean(values)) if values else None
+    out["definition"] = ("mean over images of each image's own score (per-case averaging, as nnU-Net reports); "
+                         "images where the score is undefined (class absent from both prediction and truth) "
+                         "are left out. Differs from the dataset-level figures in 'metrics'.")
+    return out
+
+
+def run(cfg: Config, ckpt_path: Path, state: Dict[str, Any], input_dir: Optional[str] = None,
+        output: Optional[str] = None) -> Dict[str, Any]:
+    device = select_device(cfg.device)
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    transforms = build_transforms(cfg.transforms.val)
+    out_dir = Path(output) if output else Path(cfg.test.output_dir) / cfg.experiment
+    num_classes = cfg.data.num_classes
+    palette = default_palette(num_classes)
+    class_names = cfg.data.class_names
+    count, samples = iter_samples(cfg, input_dir)
+    log.info("predicting %d images with %s (epoch %s) -> %s", count, ckpt_path, state.get("epoch"), out_dir)
+
+    cm = ConfusionMatrix(num_classes, class_names=class_names)
+    rows: List[Dict[str, Any]] = []
+    thumbs: List[np.ndarray] = []
+    for name, image, mask in tqdm(samples, total=count, desc="predict", disable=not cfg.train.progress):
+        pred = predict(model, image, transforms, device, cfg.model.threshold, cfg.train.amp)
+        save_png(mask_image(pred, num_classes, palette), out_dir / "masks" / f"{name}.png")
+        target = None
+        if mask is not None:
+            target = mask.numpy()
+            pred_t = torch.from_numpy(pred)
+            cm.update(pred_t, mask)
+            rows.append(_csv_row(name, per_image_scores(pred_t, mask, num_classes, IGNORE_INDEX, class_names)))
+        if cfg.test.save_overlays:
+            display = to_display(image)
+            shown = overlay(display, pred, palette, cfg.test.overlay_alpha, target)
+            save_png(shown, out_dir / "overlays" / f"{name}.png")
+            if len(thumbs) < 12:
+                thumbs.append(np.concatenate([display, shown], axis=1))
+    if thumbs:
+        height = 192
+        box = (height, round(thumbs[0].shape[1] * height / thumbs[0].shape[0]))
+        save_png(make_grid(thumbs, columns=3, tile_size=box), out_dir / "overview.png")
+
+    summary: Dict[str, Any] = {"experiment": cfg.experiment, "checkpoint": str(ckpt_path),
+                               "checkpoint_epoch": state.get("epoch"), "source": input_dir or f"split {cfg.test.split}",
+                               "num_images": count, "num_classes": num_classes,
+                               "prediction": ("sigmoid > %.3f" % cfg.model.threshold) if cfg.binary_sigmoid
+                               else "argmax of softmax"}
+    if rows:
+        _write_csv(out_dir / "per_image.csv", rows)
+        metrics = cm.compute()
+        summary["metrics"] = metrics
+        summary["per_image_mean"] = _per_image_means(rows, num_classes)
+        log.info("%s: %s", summary["source"], format_metrics(metrics))
+    write_json(out_dir / "summary.json", summary)
+    log.info("results written to %s", out_dir)
+    return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    try:
+        cfg, ckpt_path, state = resolve(args)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    run(cfg, ckpt_path, state, args.input, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""End to end on tiny data: train 2 epochs, checkpoints, resume, Ctrl-C, test.py results."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import train
+from tests.conftest import minimal_config, write_pair
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_test_script() -> ModuleType:
+    """test.py by path (``import test`` would find the standard library's package)."""
+    spec = importlib.util.spec_from_file_location("seg_test_script", REPO / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def tiny_run(tmp_path: Path) -> Path:
+    """A config file for 24 tiny binary pairs, writing under tmp_path."""
+    root = tmp_path / "data"
+    rng = np.random.default_rng(1)
+    for i in range(24):
+        write_pair(root, f"case_{i:02d}", rng, size=32)
+    raw = minimal_config(root, train={"epochs": 2, "batch_size": 4, "val_batch_size": 2, "monitor": "dice_foreground",
+                                      "checkpoint_dir": str(tmp_path / "checkpoint"), "progress": False},
+                         test={"output_dir": str(tmp_path / "results")},
+                         optimizer={"lr": 0.01}, scheduler={"name": "none"})
+    raw["model"].update(base_channels=8, depth=2)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_train_resume_and_predict(tiny_run: Path, tmp_path: Path) -> None:
+    assert train.main(["--config", str(tiny_run)]) == 0
+    run_dir = tmp_path / "checkpoint" / "unit"
+    for name in ("last.pt", "best.pt", "config.yaml", "metrics.json", "train.log"):
+        assert (run_dir / name).is_file(), name
+    assert list(run_dir.glob("events.out.tfevents.*")), "no TensorBoard events"
+    assert not list(run_dir.glob("*.tmp")), "temp files left behind"
+
+    last = torch.load(run_dir / "last.pt", weights_only=True)
+    assert last["epoch"] == 2 and len(last["history"]) == 2
+    losses = [h["train_loss"] for h in last["history"]]
+    assert losses[1] < losses[0], f"loss did not fall: {losses}"
+    assert set(last) >= {"model", "optimizer", "scheduler", "scaler", "epoch", "best_metric", "config"}
+    best = torch.load(run_dir / "best.pt", weights_only=True)
+    history = json.loads((run_dir / "metrics.json").read_text())
+    assert history["best"] == best["best_metric"] == max(h["val"]["dice_foreground"] for h in history["history"])
+    assert "definitions" in history["history"][0]["val"]
+
+    # Resume continues at epoch 3 with the stored optimizer state and history.
+    assert train.main(["--config", str(tiny_run), "--set", "train.epochs=3", "--resume"]) == 0
+    resumed = torch.load(run_dir / "last.pt", weights_only=True)
+    assert resumed["epoch"] == 3 and len(resumed["history"]) == 3
+    assert resumed["history"][:2] == last["history"]
+    assert resumed["optimizer"]["state"][0]["step"] > last["optimizer"]["state"][0]["step"]
+    assert "resumed from" in (run_dir / "train.log").read_text()
+
+    # test.py with only the checkpoint: config comes from inside it.
+    script = load_test_script()
+    out = tmp_path / "preds"
+    assert script.main(["--checkpoint", str(run_dir / "best.pt"), "--output", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    n = summary["num_images"]
+    assert n > 0 and summary["checkpoint"] == str(run_dir / "best.pt")
+    assert len(list((out / "masks").glob("*.png"))) == n
+    assert len(list((out / "overlays").glob("*.png"))) == n
+    assert (out / "overview.png").is_file()
+    rows = list(csv.DictReader((out / "per_image.csv").open()))
+    assert len(rows) == n and {"image", "dice_foreground", "iou_foreground"} <= set(rows[0])
+    metrics = summary["metrics"]
+    for key in ("miou", "mean_dice", "dice_foreground", "iou_foreground", "pixel_accuracy", "definitions"):
+        assert key in metrics
+    assert "including background" in metrics["definitions"]["miou"]
+    mask = np.array(Image.open(next((out / "masks").glob("*.png"))))
+    assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 255}
+
+
+def test_predictions_restored_to_original_size_for_an_image_folder(tiny_run: Path, tmp_path: Path) -> None:
+    cfg_raw = yaml.safe_load(tiny_run.read_text())
+    cfg_raw["transforms"]["val"] = [{"name": "resize", "size": 24}, {"name": "normalize"}]
+    tiny_run.write_text(yaml.safe_dump(cfg_raw))
+    assert train.main(["--config", str(tiny_run), "--set", "train.epochs=1"]) == 0
+    folder = tmp_path / "new_images"
+    folder.mkdir()
+    Image.fromarray(np.zeros((45, 61, 3), np.uint8)).save(folder / "odd.png")
+    (folder / "notes.txt").write_text("not an image")
+    script = load_test_script()
+    out = tmp_path / "folder_preds"
+    assert script.main(["--config", str(tiny_run), "--input", str(folder), "--output", str(out)]) == 0
+    assert [p.name for p in (out / "masks").iterdir()] == ["odd.png"]
+    assert Image.open(out / "masks" / "odd.png").size == (61, 45)
+    assert not (out / "per_image.csv").exists()
+    assert json.loads((out / "summary.json").read_text())["num_images"] == 1
+
+
+def test_test_script_reports_missing_checkpoint(tiny_run: Path, caplog: pytest.LogCaptureFixture) -> None:
+    script = load_test_script()
+    assert script.main(["--config", str(tiny_run)]) == 2
+
+
+def test_sigint_saves_last_and_exits_cleanly(tiny_run: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, str(REPO / "train.py"), "--config", str(tiny_run),
+           "--set", "train.epochs=100000", "data.num_workers=1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 120
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "training started" in line:
+                break
+            assert time.monotonic() < deadline, "train.py did not start"
+        time.sleep(2.0)
+        os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C: the whole process group, workers included
+        _, rest = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = "".join(lines) + rest
+    assert proc.returncode == 130, log
+    assert "Traceback" not in log, log
+    assert "interrupted: saved" in log
+    state = torch.load(tmp_path / "checkpoint" / "unit" / "last.pt", weights_only=True)
+    assert state["epoch"] == len(state["history"])

@@ -1,0 +1,609 @@
+"""Experiment configuration: the only place YAML is read.
+
+A config is one self-contained YAML file with the sections ``experiment``,
+``seed``, ``device``, ``data``, ``transforms``, ``model``, ``loss``,
+``optimizer``, ``scheduler``, ``train`` and ``test``. :func:`load_config`
+reads it with ``yaml.safe_load``, applies ``--set key.path=value`` overrides
+(values parsed as YAML scalars), fills defaults and validates everything
+before any work starts:
+
+* an unknown key fails naming the file, the key path and the closest valid
+  key (``data.num_clases`` -> "did you mean 'num_classes'?");
+* a wrong type fails naming the key, the expected type and what was given;
+* registered names (dataset, model, losses, transforms) must exist, and the
+  keyword arguments given to them are checked against their constructors'
+  type annotations, so a misspelled model option fails at start too;
+* ``data.root`` must exist, ``data.num_classes`` and ``model.out_channels``
+  must agree, ``train.monitor`` must be a metric that evaluation produces.
+
+The result is a tree of plain dataclasses (:class:`Config`); ``to_dict``
+turns it back into the YAML form, which is what gets saved beside the
+checkpoints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
+
+import yaml
+
+from utils.fileio import write_text
+from utils.registry import DATASETS, LOSSES, MODELS, TRANSFORMS, Registry
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the source, the key and the fix."""
+
+
+# --------------------------------------------------------------------------
+# Schema. Fixed keys live in dataclasses; the open sections (data, model,
+# each transform and each loss) also accept the keyword arguments of the
+# registered class they name, checked against its signature.
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    name: str = "folder"
+    root: str = ""
+    num_classes: int = 2
+    class_names: Optional[List[str]] = None
+    num_workers: int = 2
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TransformsConfig:
+    train: List[Dict[str, Any]] = field(default_factory=list)
+    val: List[Dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"
+    in_channels: int = 3
+    out_channels: int = 1
+    threshold: float = 0.5
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerConfig:
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: Tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class SchedulerConfig:
+    name: Literal["poly", "cosine", "step", "none"] = "poly"
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.1
+    power: float = 0.9
+    min_lr: float = 0.0
+    step_epochs: int = 30
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 8
+    val_batch_size: int = 1
+    val_interval: int = 1
+    amp: bool = True
+    monitor: str = "miou"
+    monitor_mode: Literal["max", "min"] = "max"
+    grad_clip: Optional[float] = None
+    checkpoint_dir: str = "checkpoint"
+    log_images: int = 4
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class TestConfig:
+    split: str = "val"
+    checkpoint: str = "best.pt"
+    output_dir: str = "results"
+    overlay_alpha: float = 0.35
+    save_overlays: bool = True
+
+
+@dataclass
+class Config:
+    experiment: str = "experiment"
+    seed: int = 0
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    transforms: TransformsConfig = field(default_factory=TransformsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: List[Dict[str, Any]] = field(default_factory=lambda: [{"name": "bce", "weight": 1.0}])
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+    source: str = field(default="<dict>", compare=False)
+
+    @property
+    def binary_sigmoid(self) -> bool:
+        """True when the model has one output channel (sigmoid + threshold)."""
+        return self.model.out_channels == 1
+
+    @property
+    def run_dir(self) -> Path:
+        """``<train.checkpoint_dir>/<experiment>``: checkpoints, config, logs."""
+        return Path(self.train.checkpoint_dir) / self.experiment
+
+    def dataset_kwargs(self) -> Dict[str, Any]:
+        """Keyword arguments for the dataset class, split and transforms aside."""
+        return dict(
+            root=self.data.root,
+            num_classes=self.data.num_classes,
+            in_channels=self.model.in_channels,
+            seed=self.seed,
+            **self.data.options,
+        )
+
+    def model_kwargs(self) -> Dict[str, Any]:
+        return dict(
+            in_channels=self.model.in_channels,
+            out_channels=self.model.out_channels,
+            **self.model.options,
+        )
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The config in its YAML form (open sections flattened again)."""
+        out: Dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "source":
+                continue
+            out[f.name] = _to_plain(getattr(self, f.name))
+        return out
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        out: Dict[str, Any] = {}
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            if f.name == "options":
+                out.update(_to_plain(item))
+            else:
+                out[f.name] = _to_plain(item)
+        return out
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+# Arguments the framework passes itself; a YAML may not set them.
+_DATASET_PROVIDED = {"root", "split", "num_classes", "transforms", "in_channels", "seed"}
+_MODEL_PROVIDED = {"in_channels", "out_channels"}
+
+
+# --------------------------------------------------------------------------
+# Type checking against annotations
+# --------------------------------------------------------------------------
+
+
+def describe_type(tp: Any) -> str:
+    """A short human name for a typing annotation."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return "any value"
+    if tp is type(None):
+        return "null"
+    if origin is Union:
+        return " or ".join(describe_type(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (list, List, Sequence, typing.get_origin(Sequence[int])):
+        return f"list of {describe_type(args[0])}" if args else "list"
+    if origin in (tuple, Tuple):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"list of {describe_type(args[0])}"
+        return f"list of {len(args)} ({', '.join(describe_type(a) for a in args)})"
+    if origin in (dict, Dict):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _describe_value(value: Any) -> str:
+    kind = {bool: "bool", int: "int", float: "float", str: "string", list: "list",
+            dict: "mapping", type(None): "null"}.get(type(value), type(value).__name__)
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{kind} {text}"
+
+
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+class _TypeMismatch(Exception):
+    def __init__(self, subpath: str, expected: str, value: Any) -> None:
+        super().__init__(subpath)
+        self.subpath, self.expected, self.value = subpath, expected, value
+
+
+def check_type(value: Any, tp: Any, subpath: str = "") -> Any:
+    """Return ``value`` converted to ``tp`` (int -> float, list -> tuple) or raise.
+
+    Supports the annotations used in this project: builtins, ``Optional``,
+    ``Union``, ``Literal``, ``List``, ``Tuple``, ``Dict`` and ``Any``.
+    """
+    if tp is Any or tp is inspect.Parameter.empty:
+        return value
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _TypeMismatch(subpath, "null", value)
+    if origin is Union:
+        for option in args:
+            try:
+                return check_type(value, option, subpath)
+            except _TypeMismatch:
+                continue
+        raise _TypeMismatch(subpath, describe_type(tp), value)
+    if origin is Literal:
+        if any(value == a and type(value) is type(a) for a in args):
+            return value
+        raise _TypeMismatch(subpath, describe_type(tp), value)
+    if origin in (list, tuple, dict) or tp in (list, tuple, dict):
+        return _check_container(value, tp, origin or tp, args, subpath)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            return float(value)  # PyYAML reads 1e-4 (no dot) as a string
+        raise _TypeMismatch(subpath, "float", value)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _TypeMismatch(subpath, "int", value)
+    if isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        raise _TypeMismatch(subpath, describe_type(tp), value)
+    return value  # an annotation we do not model: accept as is
+
+
+def _check_container(value: Any, tp: Any, origin: Any, args: Tuple[Any, ...], subpath: str) -> Any:
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _TypeMismatch(subpath, describe_type(tp), value)
+        if not args:
+            return dict(value)
+        return {check_type(k, args[0], f"{subpath}.{k}"): check_type(v, args[1], f"{subpath}.{k}")
+                for k, v in value.items()}
+    if not isinstance(value, (list, tuple)):
+        raise _TypeMismatch(subpath, describe_type(tp), value)
+    if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+        if len(value) != len(args):
+            raise _TypeMismatch(subpath, describe_type(tp), value)
+        return tuple(check_type(v, a, f"{subpath}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    item_tp = args[0] if args else Any
+    items = [check_type(v, item_tp, f"{subpath}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items
+
+
+# --------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------
+
+
+class _Context:
+    """Where values came from, so errors can name the file or the --set flag."""
+
+    def __init__(self, source: str, overridden: Sequence[str] = ()) -> None:
+        self.source = source
+        self.overridden = list(overridden)
+
+    def where(self, keypath: str) -> str:
+        for key in self.overridden:
+            if keypath == key or keypath.startswith(key + ".") or key.startswith(keypath + "."):
+                return f"--set {key}"
+        return self.source
+
+    def error(self, keypath: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.where(keypath)}: {keypath}: {message}")
+
+
+def _suggest(name: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unknown_key(ctx: _Context, keypath: str, key: str, valid: Sequence[str]) -> ConfigError:
+    return ctx.error(
+        keypath,
+        f"unknown key {key!r}{_suggest(key, valid)}; valid keys here: {', '.join(sorted(valid))}",
+    )
+
+
+def _checked(ctx: _Context, keypath: str, value: Any, tp: Any) -> Any:
+    try:
+        return check_type(value, tp)
+    except _TypeMismatch as exc:
+        where = keypath + exc.subpath
+        raise ctx.error(where, f"expected {exc.expected}, got {_describe_value(exc.value)}") from None
+
+
+def _signature_params(obj: Any, provided: set) -> Dict[str, inspect.Parameter]:
+    """Constructor keyword parameters of a registered class, minus framework-provided ones."""
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    params = dict(inspect.signature(target).parameters)
+    params.pop("self", None)
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 - fall back to raw annotations
+        hints = {}
+    out = {}
+    for name, p in params.items():
+        if name in provided or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        out[name] = p.replace(annotation=hints.get(name, p.annotation))
+    return out
+
+
+def _check_kwargs(ctx: _Context, keypath: str, given: Dict[str, Any], obj: Any,
+                  provided: set, fixed: Sequence[str], what: str) -> Dict[str, Any]:
+    """Validate ``given`` keyword arguments against ``obj``'s constructor."""
+    params = _signature_params(obj, provided)
+    valid = list(fixed) + list(params)
+    out: Dict[str, Any] = {}
+    for key, value in given.items():
+        if key not in params:
+            if key in provided:
+                raise ctx.error(f"{keypath}.{key}", f"is set by the framework for {what}; remove it")
+            raise _unknown_key(ctx, keypath, key, valid)
+        out[key] = _checked(ctx, f"{keypath}.{key}", value, params[key].annotation)
+    for name, p in params.items():
+        if p.default is inspect.Parameter.empty and name not in out:
+            raise ctx.error(keypath, f"{what} needs the key {name!r} ({describe_type(p.annotation)})")
+    return out
+
+
+def _build_dataclass(ctx: _Context, cls: Any, keypath: str, raw: Any,
+                     extra_valid: Sequence[str] = ()) -> Tuple[Any, Dict[str, Any]]:
+    """Fill dataclass ``cls`` from mapping ``raw``; returns (instance, unclaimed keys)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ctx.error(keypath, f"expected a mapping, got {_describe_value(raw)}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("options", "source")]
+    values: Dict[str, Any] = {}
+    rest: Dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in names:
+            sub = f"{keypath}.{key}" if keypath else str(key)
+            if dataclasses.is_dataclass(hints[key]):
+                continue  # nested sections are built by the caller
+            values[key] = _checked(ctx, sub, value, hints[key])
+        elif "options" in [f.name for f in dataclasses.fields(cls)]:
+            rest[key] = value
+        else:
+            raise _unknown_key(ctx, keypath or "<top level>", key, list(names) + list(extra_valid))
+    return cls(**values), rest
+
+
+def _check_named_list(ctx: _Context, keypath: str, items: Any, registry: Registry,
+                      fixed: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Validate a list of ``{name: ..., <fixed keys>, **kwargs}`` items."""
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise ctx.error(keypath, f"expected a list of mappings with a 'name' key, got {_describe_value(items)}")
+    out = []
+    for i, item in enumerate(items):
+        path = f"{keypath}[{i}]"
+        if not isinstance(item, dict) or "name" not in item:
+            raise ctx.error(path, f"expected a mapping with a 'name' key, got {_describe_value(item)}")
+        name = item["name"]
+        if name not in registry:
+            raise ctx.error(f"{path}.name", registry.unknown_message(str(name)))
+        entry = {"name": name}
+        for key, tp in fixed.items():
+            if key in item:
+                entry[key] = _checked(ctx, f"{path}.{key}", item[key], tp)
+        given = {k: v for k, v in item.items() if k != "name" and k not in fixed}
+        entry.update(_check_kwargs(ctx, path, given, registry.get(name), set(),
+                                   ["name", *fixed], f"{registry.kind} {name!r}"))
+        out.append(entry)
+    return out
+
+
+def _ensure_registries() -> None:
+    """Import the packages whose modules fill the registries."""
+    import datasets  # noqa: F401
+    import models  # noqa: F401
+    import utils.losses  # noqa: F401
+    import utils.transforms  # noqa: F401
+
+
+def config_from_dict(raw: Any, source: str = "<dict>", overridden: Sequence[str] = (),
+                     check_paths: bool = True) -> Config:
+    """Validate a raw (YAML-shaped) dict and return a :class:`Config`."""
+    _ensure_registries()
+    ctx = _Context(source, overridden)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the config must be a mapping of sections, got {_describe_value(raw)}")
+    cfg, _ = _build_dataclass(ctx, Config, "", raw)
+    cfg.source = source
+
+    data, data_rest = _build_dataclass(ctx, DataConfig, "data", raw.get("data"))
+    if data.name not in DATASETS:
+        raise ctx.error("data.name", DATASETS.unknown_message(data.name))
+    dataset_cls = DATASETS.get(data.name)
+    data.options = _check_kwargs(ctx, "data", data_rest, dataset_cls, _DATASET_PROVIDED,
+                                 [f.name for f in dataclasses.fields(DataConfig) if f.name != "options"],
+                                 f"dataset {data.name!r}")
+    cfg.data = data
+
+    transforms, _ = _build_dataclass(ctx, TransformsConfig, "transforms", raw.get("transforms"))
+    transforms.train = _check_named_list(ctx, "transforms.train", transforms.train, TRANSFORMS, {})
+    transforms.val = _check_named_list(ctx, "transforms.val", transforms.val, TRANSFORMS, {})
+    cfg.transforms = transforms
+
+    model, model_rest = _build_dataclass(ctx, ModelConfig, "model", raw.get("model"))
+    if model.name not in MODELS:
+        raise ctx.error("model.name", MODELS.unknown_message(model.name))
+    model.options = _check_kwargs(ctx, "model", model_rest, MODELS.get(model.name), _MODEL_PROVIDED,
+                                  [f.name for f in dataclasses.fields(ModelConfig) if f.name != "options"],
+                                  f"model {model.name!r}")
+    cfg.model = model
+
+    if "loss" in raw:
+        cfg.loss = raw["loss"]
+    cfg.loss = _check_named_list(ctx, "loss", cfg.loss, LOSSES, {"weight": float})
+    if not cfg.loss:
+        raise ctx.error("loss", "needs at least one loss, e.g. [{name: bce}]")
+
+    cfg.optimizer, _ = _build_dataclass(ctx, OptimizerConfig, "optimizer", raw.get("optimizer"))
+    cfg.scheduler, _ = _build_dataclass(ctx, SchedulerConfig, "scheduler", raw.get("scheduler"))
+    cfg.train, _ = _build_dataclass(ctx, TrainConfig, "train", raw.get("train"))
+    cfg.test, _ = _build_dataclass(ctx, TestConfig, "test", raw.get("test"))
+
+    _check_consistency(ctx, cfg, dataset_cls, check_paths)
+    return cfg
+
+
+def _check_consistency(ctx: _Context, cfg: Config, dataset_cls: Any, check_paths: bool) -> None:
+    """Cross-field checks: classes vs channels, metric names, ranges, paths."""
+    from datasets import parse_mask_mapping
+    from utils.metrics import scalar_metric_names
+
+    n, out = cfg.data.num_classes, cfg.model.out_channels
+    if n < 2:
+        raise ctx.error("data.num_classes", f"must be at least 2 (background + one class), got {n}")
+    if not (out == n or (n == 2 and out == 1)):
+        raise ctx.error(
+            "model.out_channels",
+            f"{out} output channels do not fit data.num_classes={n}: use model.out_channels: {n} "
+            "(softmax)" + (" or 1 (sigmoid + model.threshold)" if n == 2 else ""),
+        )
+    if cfg.data.class_names is not None and len(cfg.data.class_names) != n:
+        raise ctx.error("data.class_names", f"has {len(cfg.data.class_names)} names but data.num_classes={n}")
+    if not 0.0 < cfg.model.threshold < 1.0:
+        raise ctx.error("model.threshold", f"must lie strictly between 0 and 1, got {cfg.model.threshold}")
+    if "mask_mapping" in cfg.data.options and cfg.data.options["mask_mapping"] is not None:
+        try:
+            parse_mask_mapping(cfg.data.options["mask_mapping"])
+        except ValueError as exc:
+            raise ctx.error("data.mask_mapping", str(exc)) from None
+    metrics = scalar_metric_names(n)
+    if cfg.train.monitor not in metrics:
+        raise ctx.error("train.monitor", f"unknown metric {cfg.train.monitor!r}"
+                        f"{_suggest(cfg.train.monitor, metrics)}; valid: {', '.join(metrics)}")
+    for keypath, value in (("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size),
+                           ("train.val_batch_size", cfg.train.val_batch_size),
+                           ("train.val_interval", cfg.train.val_interval)):
+        if value < 1:
+            raise ctx.error(keypath, f"must be at least 1, got {value}")
+    if cfg.data.num_workers < 0:
+        raise ctx.error("data.num_workers", f"must be 0 or more, got {cfg.data.num_workers}")
+    if cfg.optimizer.lr <= 0:
+        raise ctx.error("optimizer.lr", f"must be positive, got {cfg.optimizer.lr}")
+    if cfg.device != "auto" and cfg.device != "cpu" and not cfg.device.startswith("cuda"):
+        raise ctx.error("device", f"expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {cfg.device!r}")
+    if check_paths and not getattr(dataset_cls, "creates_root", False):
+        if not cfg.data.root:
+            raise ctx.error("data.root", "is required: the folder holding the dataset")
+        if not Path(cfg.data.root).is_dir():
+            raise ctx.error("data.root", f"folder {cfg.data.root!r} does not exist "
+                            f"(resolved against {os.getcwd()}); fix the path or override it with "
+                            f"--set data.root=/path/to/data")
+
+
+# --------------------------------------------------------------------------
+# Files and overrides
+# --------------------------------------------------------------------------
+
+
+def read_yaml(path: Union[str, Path]) -> Any:
+    """``yaml.safe_load`` a file; parse errors name the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        with path.open("r", encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> List[str]:
+    """Apply ``key.path=value`` strings to ``raw`` in place; returns the key paths.
+
+    Values are parsed as YAML scalars or flow collections (``3``, ``true``,
+    ``[1, 2]``, ``null``). A numeric path part indexes into a list
+    (``transforms.train.0.size=[64,64]``).
+    """
+    keys = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}: expected key.path=value")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"--set {item}: empty key")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item}: value is not valid YAML: {exc}") from None
+        node: Any = raw
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"--set {key}: {'.'.join(parts[:depth]) or key} is a list of "
+                                      f"{len(node)} items; {part!r} is not a valid index")
+                part_key: Any = int(part)
+            elif isinstance(node, dict):
+                part_key = part
+            else:
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} is not a section")
+            if last:
+                node[part_key] = value
+            else:
+                if isinstance(node, dict) and node.get(part_key) is None:
+                    node[part_key] = {}
+                node = node[part_key]
+        keys.append(key)
+    return keys
+
+
+def load_config(path: Union[str, Path], overrides: Sequence[str] = (), check_paths: bool = True) -> Config:
+    """Read, override and validate the config file at ``path``."""
+    raw = read_yaml(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of sections, got {_describe_value(raw)}")
+    keys = apply_overrides(raw, overrides)
+    return config_from_dict(raw, source=str(path), overridden=keys, check_paths=check_paths)
+
+
+def save_config(cfg: Config, path: Union[str, Path]) -> Path:
+    """Write the resolved config as YAML, atomically."""
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+    header = f"# resolved config of experiment {cfg.experiment!r} (from {cfg.source})\n"
+    return write_text(path, header + text)

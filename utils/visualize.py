@@ -1,0 +1,129 @@
+"""Colour palettes, overlays with contours and image grids for people to look at."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from utils.constants import IGNORE_INDEX
+
+# A distinct colour per class: background black, then well-separated hues.
+_BASE_PALETTE = [
+    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
+    (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60),
+    (250, 190, 212), (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200),
+    (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128),
+]
+IGNORE_COLOR = (255, 255, 255)
+
+
+def default_palette(num_classes: int) -> np.ndarray:
+    """(256, 3) uint8 palette: distinct colours for the classes, white for ignore."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    for k in range(min(num_classes, 255)):
+        palette[k] = _BASE_PALETTE[k] if k < len(_BASE_PALETTE) else rng.integers(40, 256, 3)
+    palette[IGNORE_INDEX] = IGNORE_COLOR
+    return palette
+
+
+def colorize(mask: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8 colours."""
+    return palette[np.clip(mask, 0, 255).astype(np.uint8)]
+
+
+def to_display(image: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
+    """A float (C, H, W) image of any range -> (H, W, 3) uint8 for viewing.
+
+    Values already in [0, 1] are scaled by 255; anything else (normalised or
+    raw 16-bit intensities) is min-max stretched per image.
+    """
+    if isinstance(image, torch.Tensor):
+        image = image.detach().float().cpu().numpy()
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3:
+        image = np.moveaxis(image, 0, -1)
+    else:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    image = image[..., :3]
+    lo, hi = float(image.min()), float(image.max())
+    if lo < 0.0 or hi > 1.0:
+        image = (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
+    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def boundary(mask: np.ndarray) -> np.ndarray:
+    """Pixels whose 4-neighbourhood holds another label: (H, W) bool."""
+    edge = np.zeros(mask.shape, dtype=bool)
+    edge[:-1, :] |= mask[:-1, :] != mask[1:, :]
+    edge[1:, :] |= mask[1:, :] != mask[:-1, :]
+    edge[:, :-1] |= mask[:, :-1] != mask[:, 1:]
+    edge[:, 1:] |= mask[:, 1:] != mask[:, :-1]
+    return edge
+
+
+def overlay(image: np.ndarray, pred: np.ndarray, palette: np.ndarray, alpha: float = 0.45,
+            target: Optional[np.ndarray] = None) -> np.ndarray:
+    """Blend the predicted classes into ``image`` and draw contours.
+
+    ``image`` is (H, W, 3) uint8; ``pred`` and ``target`` are (H, W) class
+    indices. Background (class 0) is left unblended. Prediction contours are
+    drawn in the class colour; ground-truth contours, when given, in white.
+    """
+    out = image.astype(np.float32)
+    colours = colorize(pred, palette).astype(np.float32)
+    fg = pred > 0
+    out[fg] = (1.0 - alpha) * out[fg] + alpha * colours[fg]
+    edge = boundary(pred)
+    out[edge] = colours[edge]
+    if target is not None:
+        out[boundary(target)] = 255.0
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def mask_image(pred: np.ndarray, num_classes: int, palette: np.ndarray) -> Image.Image:
+    """The PNG to write for a prediction: 0/255 grayscale (binary) or palette (multiclass)."""
+    if num_classes == 2:
+        return Image.fromarray((pred > 0).astype(np.uint8) * 255, mode="L")
+    img = Image.fromarray(pred.astype(np.uint8), mode="P")
+    img.putpalette(palette.reshape(-1).tolist())
+    return img
+
+
+def make_grid(tiles: Sequence[np.ndarray], columns: int = 4, pad: int = 4,
+              tile_size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """Tile (H, W, 3) uint8 images on a white sheet.
+
+    Each tile is scaled (aspect kept) to fit a ``tile_size`` (height, width)
+    box: by default the size of the first tile.
+    """
+    if not tiles:
+        raise ValueError("make_grid needs at least one image")
+    box_h, box_w = tile_size or tiles[0].shape[:2]
+    resized: List[np.ndarray] = []
+    for tile in tiles:
+        scale = min(box_h / tile.shape[0], box_w / tile.shape[1])
+        size = (max(1, round(tile.shape[1] * scale)), max(1, round(tile.shape[0] * scale)))
+        img = Image.fromarray(tile)
+        resized.append(np.asarray(img if img.size == size else img.resize(size, Image.Resampling.BILINEAR)))
+    columns = min(columns, len(resized))
+    rows = (len(resized) + columns - 1) // columns
+    sheet = np.full((rows * (box_h + pad) + pad, columns * (box_w + pad) + pad, 3), 255, np.uint8)
+    for i, tile in enumerate(resized):
+        r, c = divmod(i, columns)
+        y, x = pad + r * (box_h + pad), pad + c * (box_w + pad)
+        sheet[y:y + tile.shape[0], x:x + tile.shape[1]] = tile
+    return sheet
+
+
+def save_png(array_or_image: Union[np.ndarray, Image.Image], path: Union[str, Path]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
+    img.save(path)
+    return path
