@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import random
 import signal
 import sys
@@ -94,13 +95,24 @@ def build_datasets(cfg: Config) -> Tuple[Dataset, Dataset]:
     return train_ds, val_ds
 
 
+def resolve_num_workers(setting: Any, device: torch.device) -> int:
+    """``auto``: 0 on the CPU, where the model's threads already use every core and
+    loader processes would only preempt them; on CUDA half the cores, at most 8."""
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
 def build_loaders(cfg: Config, train_ds: Dataset, val_ds: Dataset, device: torch.device) -> Tuple[DataLoader, DataLoader]:
     if len(train_ds) < cfg.train.batch_size:
         raise ValueError(f"{cfg.data.root}: the train split has {len(train_ds)} images, fewer than "
                          f"train.batch_size={cfg.train.batch_size}; lower the batch size")
-    common: Dict[str, Any] = dict(num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
+    workers = resolve_num_workers(cfg.data.num_workers, device)
+    common: Dict[str, Any] = dict(num_workers=workers, pin_memory=device.type == "cuda",
                                   collate_fn=collate, worker_init_fn=_worker_init,
-                                  persistent_workers=cfg.data.num_workers > 0)
+                                  persistent_workers=workers > 0)
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
                               generator=generator, **common)

@@ -45,9 +45,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
     p.add_argument("--images", type=int, default=96, help="training images (the epoch length)")
-    p.add_argument("--epochs", type=int, default=2, help="timed epochs per path (best one reported)")
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs per path (the fastest of each is compared)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    p.add_argument("--workers", type=int, default=1, help="data.num_workers for the train.py path")
+    p.add_argument("--workers", default="auto", help="data.num_workers for the train.py path (auto: the config's rule)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -79,8 +79,9 @@ def main() -> None:
 
     n = len(batches) * cfg.train.batch_size
     loop, raw = min(loop_times), min(raw_times)
+    workers = train.resolve_num_workers(cfg.data.num_workers, device)
     print(f"config {args.config}: {n} images/epoch at batch {cfg.train.batch_size}, "
-          f"{args.threads} torch threads, {args.workers} loader workers")
+          f"{args.threads} torch threads, {workers} loader workers")
     print(f"train.py epoch (DataLoader + transforms + loss + step + tqdm): {loop:7.2f} s  ({n / loop:6.1f} img/s)")
     print(f"raw forward+backward+step on preloaded batches:           {raw:7.2f} s  ({n / raw:6.1f} img/s)")
     print(f"overhead ratio: {loop / raw:.3f}  (target <= 1.15)")

@@ -145,3 +145,62 @@ def test_sigint_saves_last_and_exits_cleanly(tiny_run: Path, tmp_path: Path) -> 
     assert "interrupted: saved" in log
     state = torch.load(tmp_path / "checkpoint" / "unit" / "last.pt", weights_only=True)
     assert state["epoch"] == len(state["history"])
+
+
+def _speed_overrides(tmp_path: Path) -> list:
+    """Overrides that only make a shipped config fast enough for a unit test."""
+    return ["train.epochs=1", "train.batch_size=4", "model.base_channels=4", "model.depth=2", "data.num_workers=0",
+            "train.progress=false", f"train.checkpoint_dir={tmp_path / 'checkpoint'}",
+            "transforms.train.0.size=32", "transforms.val.0.size=32"]
+
+
+def test_users_own_folder_with_the_demo_config(tmp_path: Path) -> None:
+    """A folder of JPEG images of mixed sizes with 0/255 masks trains through configs/demo.yaml
+    with only data.root changed; predictions come back at each image's own size."""
+    root = tmp_path / "my_data"
+    rng = np.random.default_rng(3)
+    sizes = {}
+    for i in range(10):
+        h, w = int(rng.integers(40, 70)), int(rng.integers(40, 90))
+        image = rng.integers(0, 255, (h, w, 3)).astype(np.uint8)
+        mask = np.zeros((h, w), np.uint8)
+        mask[h // 4: h // 2, w // 4: w // 2] = 255
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / "images" / f"IMG_{i}.JPG", quality=90)
+        Image.fromarray(mask).save(root / "masks" / f"IMG_{i}.png")
+        sizes[f"IMG_{i}"] = (w, h)
+    (root / "images" / "LICENSE.txt").write_text("CC-BY")
+    config = REPO / "configs" / "demo.yaml"
+    overrides = [f"data.root={root}", *_speed_overrides(tmp_path)]
+    assert train.main(["--config", str(config), "--set", *overrides]) == 0
+    run_dir = tmp_path / "checkpoint" / "demo"
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["data"]["root"] == str(root) and saved["data"]["mask_mapping"] == "binary"
+
+    out = tmp_path / "results"
+    script = load_test_script()
+    assert script.main(["--config", str(config), "--set", *overrides, "--output", str(out)]) == 0
+    written = sorted((out / "masks").glob("*.png"))
+    assert written, "no predictions written"
+    for path in written:
+        assert Image.open(path).size == sizes[path.stem]
+
+
+def test_multiclass_config_writes_palette_masks(tmp_path: Path) -> None:
+    from datasets.synthetic import generate
+
+    root = generate(tmp_path / "mc", num_classes=4, num_train=8, num_val=3, image_size=32, seed=0)
+    config = REPO / "configs" / "demo_multiclass.yaml"
+    overrides = [f"data.root={root}", *_speed_overrides(tmp_path)]
+    assert train.main(["--config", str(config), "--set", *overrides]) == 0
+    out = tmp_path / "results"
+    assert load_test_script().main(["--config", str(config), "--set", *overrides, "--output", str(out)]) == 0
+    masks = sorted((out / "masks").glob("*.png"))
+    assert len(masks) == 3
+    img = Image.open(masks[0])
+    assert img.mode == "P" and img.getpalette()[3:6] != [0, 0, 0]
+    assert int(np.array(img).max()) < 4
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["metrics"]["iou_per_class"]) == {"background", "blob", "ellipse", "triangle"}
+    assert "dice_foreground" not in summary["metrics"]

@@ -55,7 +55,7 @@ class DataConfig:
     root: str = ""
     num_classes: int = 2
     class_names: Optional[List[str]] = None
-    num_workers: int = 2
+    num_workers: Union[int, Literal["auto"]] = "auto"
     options: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -517,7 +517,7 @@ def _check_consistency(ctx: _Context, cfg: Config, dataset_cls: Any, check_paths
                            ("train.val_interval", cfg.train.val_interval)):
         if value < 1:
             raise ctx.error(keypath, f"must be at least 1, got {value}")
-    if cfg.data.num_workers < 0:
+    if cfg.data.num_workers != "auto" and cfg.data.num_workers < 0:
         raise ctx.error("data.num_workers", f"must be 0 or more, got {cfg.data.num_workers}")
     if cfg.optimizer.lr <= 0:
         raise ctx.error("optimizer.lr", f"must be positive, got {cfg.optimizer.lr}")
