@@ -61,3 +61,23 @@ def test_evaluate_uses_the_configured_threshold() -> None:
     assert at_05["pixel_accuracy"] == pytest.approx(0.5)
     assert at_06["dice_foreground"] == pytest.approx(0.0)  # nothing predicted foreground
     assert at_06["iou_per_class"]["background"] == pytest.approx(0.5)
+
+
+def test_validation_metrics_do_not_depend_on_batch_size(binary_folder) -> None:
+    """The same model and split give identical figures with batch 1 and batch 8."""
+    from tests.conftest import minimal_config
+    from utils.config import config_from_dict
+
+    cfg = config_from_dict(minimal_config(binary_folder, data={"val_fraction": 0.7}))
+    torch.manual_seed(0)
+    model = train.build_model(cfg).eval()
+    _, val_ds = train.build_datasets(cfg)
+    assert len(val_ds) >= 8
+    results = []
+    for batch_size in (1, 8):
+        loader = torch.utils.data.DataLoader(val_ds, batch_size=batch_size, collate_fn=train.collate)
+        metrics, _ = train.evaluate(model, loader, torch.device("cpu"), 2, cfg.model.threshold)
+        results.append(metrics)
+    assert results[0]["confusion_matrix"] == results[1]["confusion_matrix"]
+    assert results[0]["dice_foreground"] == results[1]["dice_foreground"]
+    assert results[0]["miou"] == results[1]["miou"]
