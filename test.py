@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from datasets import list_images, read_image
-from train import build_model, select_device, setup_logging
+from train import build_model, class_info, select_device, setup_logging
 from utils.checkpoint import load_checkpoint
 from utils.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
 from utils.constants import IGNORE_INDEX
@@ -40,7 +40,7 @@ from utils.inference import labels_from_probabilities, predict_probabilities
 from utils.metrics import ConfusionMatrix, format_metrics, per_image_scores
 from utils.registry import DATASETS
 from utils.transforms import build_transforms
-from utils.visualize import default_palette, make_grid, mask_image, overlay, save_png, to_display
+from utils.visualize import make_grid, mask_image, overlay, save_png, to_display
 
 log = logging.getLogger("test")
 
@@ -154,8 +154,7 @@ def run(cfg: Config, ckpt_path: Path, state: Dict[str, Any], input_dir: Optional
     transforms = build_transforms(cfg.transforms.val)
     out_dir = Path(output) if output else Path(cfg.test.output_dir) / cfg.experiment
     num_classes = cfg.data.num_classes
-    palette = default_palette(num_classes)
-    class_names = cfg.data.class_names
+    class_names, palette = class_info(cfg)
     count, samples = iter_samples(cfg, input_dir)
     log.info("predicting %d images with %s (epoch %s) -> %s", count, ckpt_path, state.get("epoch"), out_dir)
 

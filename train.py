@@ -120,6 +120,14 @@ def build_loaders(cfg: Config, train_ds: Dataset, val_ds: Dataset, device: torch
     return train_loader, val_loader
 
 
+def class_info(cfg: Config) -> Tuple[Optional[List[str]], np.ndarray]:
+    """Class names (config first, then the dataset's official ones) and the (256, 3) palette."""
+    dataset_cls = DATASETS.get(cfg.data.name)
+    names = cfg.data.class_names or getattr(dataset_cls, "class_names", None)
+    palette = getattr(dataset_cls, "palette", None)
+    return names, (palette if palette is not None else default_palette(cfg.data.num_classes))
+
+
 def build_model(cfg: Config) -> torch.nn.Module:
     return MODELS.build(cfg.model.name, **cfg.model_kwargs())
 
@@ -213,12 +221,12 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, criterion: Combi
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
              threshold: float = 0.5, class_names: Optional[List[str]] = None, amp: bool = False,
-             num_images: int = 0) -> Tuple[Dict[str, Any], List[np.ndarray]]:
+             num_images: int = 0, palette: Optional[np.ndarray] = None) -> Tuple[Dict[str, Any], List[np.ndarray]]:
     """Metrics over the whole split from one confusion matrix, and up to
     ``num_images`` (image | ground truth | prediction) strips for TensorBoard."""
     model.eval()
     cm = ConfusionMatrix(num_classes, class_names=class_names)
-    palette = default_palette(num_classes)
+    palette = default_palette(num_classes) if palette is None else palette
     strips: List[np.ndarray] = []
     for images, masks in loader:
         images = images.to(device, non_blocking=True)
@@ -297,7 +305,7 @@ def run(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp and device.type == "cuda")
-    class_names = cfg.data.class_names or getattr(train_ds, "class_names", None)
+    class_names, palette = class_info(cfg)
 
     start_epoch, best, history = 1, None, []
     if resume is not None:
@@ -334,7 +342,7 @@ def run(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
             metrics, strips = None, []
             if epoch % cfg.train.val_interval == 0 or epoch == cfg.train.epochs:
                 metrics, strips = evaluate(model, val_loader, device, cfg.data.num_classes, cfg.model.threshold,
-                                           class_names, cfg.train.amp, cfg.train.log_images)
+                                           class_names, cfg.train.amp, cfg.train.log_images, palette)
                 record["val"] = metrics
             history.append(record)
             _log_tensorboard(writer, epoch, stats, metrics, strips)

@@ -55,6 +55,9 @@ class FolderDataset(Dataset):
 
     #: Whether the dataset creates ``root`` itself (the config layer then skips its existence check).
     creates_root = False
+    #: Official class names and (256, 3) uint8 colour palette of a named dataset; None for generic folders.
+    class_names: Optional[List[str]] = None
+    palette: Optional[np.ndarray] = None
 
     def __init__(
         self,
@@ -73,13 +76,15 @@ class FolderDataset(Dataset):
         self.root = Path(root)
         self.split = split
         self.num_classes = num_classes
-        self.class_names: Optional[List[str]] = None
+        self.class_names: Optional[List[str]] = type(self).class_names
         self.transforms = transforms
         self.in_channels = in_channels
         self.intensity = intensity
         self.mask_mapping = parse_mask_mapping(mask_mapping)
         _check_mapping_classes(self.mask_mapping.classes(), num_classes)
         self.samples: List[Sample] = self._find_samples(seed, val_fraction)
+        if hasattr(transforms, "bind_source"):  # pipelines with multi-sample transforms (mosaic)
+            transforms.bind_source(self.random_sample)
         self._cache: Optional[Dict[int, Tuple[torch.Tensor, Optional[torch.Tensor]]]] = {} if cache else None
         logger.debug("%r", self)
 
@@ -107,13 +112,31 @@ class FolderDataset(Dataset):
             self._cache[index] = (image.clone(), None if mask is None else mask.clone())
         return image, mask
 
+    def load_sample(self, index: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The raw sample that training and validation use, before transforms.
+
+        Defaults to :meth:`read_sample` (full resolution). Datasets of large
+        images override it to decode at reduced size or read a resized cache;
+        ``read_sample`` stays full-size for test.py and the data check.
+        """
+        return self.read_sample(index)
+
     def __getitem__(self, index: int) -> Tuple[tv_tensors.Image, tv_tensors.Mask]:
         """Sample ``index`` after ``transforms``, as tv_tensors; a missing mask is all ``IGNORE_INDEX``."""
-        image, mask = self.read_sample(index)
+        image, mask = self._as_tv_tensors(*self.load_sample(index))
+        if self.transforms is not None:
+            image, mask = self.transforms(image, mask)
+        return tv_tensors.Image(image), tv_tensors.Mask(mask)
+
+    def random_sample(self) -> Tuple[tv_tensors.Image, tv_tensors.Mask]:
+        """A uniformly drawn raw sample (torch's RNG), for multi-sample transforms such as mosaic."""
+        index = int(torch.randint(len(self), ()).item())
+        return self._as_tv_tensors(*self.load_sample(index))
+
+    @staticmethod
+    def _as_tv_tensors(image: torch.Tensor, mask: Optional[torch.Tensor]) -> Tuple[tv_tensors.Image, tv_tensors.Mask]:
         if mask is None:
             mask = torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.int64)
-        if self.transforms is not None:
-            image, mask = self.transforms(tv_tensors.Image(image), tv_tensors.Mask(mask))
         return tv_tensors.Image(image), tv_tensors.Mask(mask)
 
     @property
