@@ -1,6 +1,7 @@
 """Train a segmentation model from one YAML config.
 
     python train.py --config configs/demo.yaml [--set train.epochs=3 data.root=/my/data] [--resume]
+    python train.py --config configs/demo.yaml --check-data    # scan the data, report problems, no training
 
 Writes to ``<train.checkpoint_dir>/<experiment>/``: ``config.yaml`` (the
 resolved config), ``last.pt`` and ``best.pt`` (plain-typed, written
@@ -26,7 +27,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from datasets.check import check_dataset, format_report
 from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.class_stats import CLASS_STATS_FILE, cached_class_counts, class_weights, format_weights
 from utils.config import Config, ConfigError, load_config, save_config
 from utils.fileio import write_json
 from utils.inference import labels_from_logits
@@ -126,6 +129,22 @@ def class_info(cfg: Config) -> Tuple[Optional[List[str]], np.ndarray]:
     names = cfg.data.class_names or getattr(dataset_cls, "class_names", None)
     palette = getattr(dataset_cls, "palette", None)
     return names, (palette if palette is not None else default_palette(cfg.data.num_classes))
+
+
+def resolve_class_weights(cfg: Config, train_ds: Dataset, run_dir: Path) -> List[Dict[str, Any]]:
+    """``cfg.loss`` with ``class_weights: inverse | median_frequency`` replaced by one number per class,
+    computed from the training masks (counted once, cached in ``<run_dir>/class_stats.json``)."""
+    specs = [dict(spec) for spec in cfg.loss]
+    named = [spec for spec in specs if isinstance(spec.get("class_weights"), str)]
+    if not named:
+        return specs
+    counts = cached_class_counts(train_ds, cfg.data.name, run_dir / CLASS_STATS_FILE, progress=cfg.train.progress)
+    names = class_info(cfg)[0] or [f"class {k}" for k in range(cfg.data.num_classes)]
+    for spec in named:
+        method = spec["class_weights"]
+        spec["class_weights"] = class_weights(counts, method)
+        log.info("%s class weights (%s): %s", spec["name"], method, format_weights(spec["class_weights"], names))
+    return specs
 
 
 def build_model(cfg: Config) -> torch.nn.Module:
@@ -253,6 +272,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="override config keys, e.g. --set train.epochs=3 data.root=/data/x")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                    help="continue from CHECKPOINT (default: <run dir>/last.pt)")
+    p.add_argument("--check-data", action="store_true",
+                   help="only scan the dataset and report problems (exit status 1 if any), no training")
     return p.parse_args(argv)
 
 
@@ -301,7 +322,7 @@ def run(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
     train_ds, val_ds = build_datasets(cfg)
     train_loader, val_loader = build_loaders(cfg, train_ds, val_ds, device)
     model = build_model(cfg).to(device)
-    criterion = build_loss(cfg.loss)
+    criterion = build_loss(resolve_class_weights(cfg, train_ds, run_dir))
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp and device.type == "cuda")
@@ -382,6 +403,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
+    if args.check_data:
+        report = check_dataset(cfg, progress=cfg.train.progress)
+        sys.stdout.write(format_report(report) + "\n")
+        return report.exit_code
     setup_logging(cfg.run_dir / "train.log")
     summary = run(cfg, resume=args.resume)
     return 130 if summary["interrupted"] else 0

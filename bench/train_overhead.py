@@ -62,7 +62,7 @@ def main() -> None:
         train_ds, val_ds = train.build_datasets(cfg)
         loader, _ = train.build_loaders(cfg, train_ds, val_ds, device)
         model = train.build_model(cfg)
-        criterion = build_loss(cfg.loss)
+        criterion = build_loss(train.resolve_class_weights(cfg, train_ds, Path(tmp)))
         optimizer = train.build_optimizer(cfg, model)
         scheduler = train.build_scheduler(cfg, optimizer, len(loader))
         scaler = torch.amp.GradScaler("cuda", enabled=False)

@@ -1,11 +1,14 @@
 """Datasets yielding ``(tv_tensors.Image, tv_tensors.Mask)`` pairs, registered in ``DATASETS``.
 
-Importing this package registers "folder" and "synthetic".
+Importing this package registers "folder", "synthetic", "isic2018" (ISIC 2018
+Task 1, official layout) and "cityscapes" (official leftImg8bit/gtFine layout).
 """
 import warnings
 
+from datasets.cityscapes import CityscapesDataset
 from datasets.folder import FolderDataset
 from datasets.io import list_images, parse_mask_mapping, read_image, read_mask
+from datasets.isic import ISIC2018Dataset
 from datasets.synthetic import SyntheticDataset
 
 # `python -m datasets.synthetic` imports this package, and so datasets.synthetic,
@@ -13,4 +16,4 @@ from datasets.synthetic import SyntheticDataset
 # which datasets/synthetic.py handles (it registers only once).
 warnings.filterwarnings("ignore", message=r"'datasets\.synthetic' found in sys\.modules", category=RuntimeWarning)
 
-__all__ = ["FolderDataset", "SyntheticDataset", "list_images", "parse_mask_mapping", "read_image", "read_mask"]
+__all__ = ["CityscapesDataset", "FolderDataset", "ISIC2018Dataset", "SyntheticDataset", "list_images", "parse_mask_mapping", "read_image", "read_mask"]

@@ -23,7 +23,7 @@ unweighted term for logging::
     total, parts = criterion(logits, target)   # parts == {"bce": 0.41, "dice": 0.73}
 """
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +117,10 @@ class CrossEntropyLoss(nn.Module):
 
     Args:
         class_weights: one weight per class (length C), or None for equal weights.
+            A config may also say "inverse" or "median_frequency": train.py
+            replaces that by numbers computed from the training masks
+            (``utils.class_stats``) before the loss is built; the loss itself
+            only takes numbers.
         ignore_index: target value excluded from the loss.
         label_smoothing: in [0, 1); mixes the one-hot target with a uniform one.
 
@@ -125,9 +129,14 @@ class CrossEntropyLoss(nn.Module):
         values in {0, .., C - 1} or ``ignore_index``; output: scalar.
     """
 
-    def __init__(self, class_weights: Optional[List[float]] = None, ignore_index: int = IGNORE_INDEX,
-                 label_smoothing: float = 0.0) -> None:
+    def __init__(self, class_weights: Optional[Union[List[float], Literal["inverse", "median_frequency"]]] = None,
+                 ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0) -> None:
         super().__init__()
+        if isinstance(class_weights, str):
+            raise ValueError(
+                f"ce: class_weights={class_weights!r} must be resolved to one number per class before the loss "
+                "is built; train.py does this from the training masks (resolve_class_weights), elsewhere use "
+                "utils.class_stats.class_weights(utils.class_stats.class_pixel_counts(dataset), method)")
         if class_weights is not None and (not class_weights or any(w < 0 for w in class_weights)):
             raise ValueError(f"ce: class_weights must be a non-empty list of weights >= 0, got {class_weights}")
         if not 0.0 <= label_smoothing < 1.0:

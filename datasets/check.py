@@ -1,0 +1,531 @@
+"""Data check: scan a dataset once and report what it holds and everything wrong with it.
+
+    python -m datasets.check --config configs/demo.yaml [--set data.root=/data/x] [--splits train val]
+    python train.py --config configs/demo.yaml --check-data
+
+The config's dataset class is built for every split its layout has (train,
+val and test; a split the layout lacks is skipped). Each image's size and
+mode come from its file header (pixels are not decoded); each mask is decoded
+once, the way the dataset decodes it. The report (on stdout) gives per split
+the number of pairs and of images without masks, the image size range, the
+image and mask modes, the raw mask values with their pixel counts, the pixels
+of each class after the mask mapping, and the classes that never occur.
+
+Problems are collected, not raised, each with its file and the fix:
+unreadable images or masks, mask sizes that differ from their image, mask
+values outside the classes (with the same suggestion as training would give,
+e.g. ``set data.mask_mapping: binary`` for 0/255 masks), RGB colour masks
+under a value mapping, masks that are all ignore, and splits that cannot be
+built (unpaired files, empty or missing split folders).
+
+Exit status: 0 no problems, 1 problems found, 2 invalid config.
+"""
+import argparse
+import logging
+import os
+import re
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from datasets.io import (
+    MaskMapping,
+    _decode_mask,
+    _drop_alpha,
+    _load_array,
+    _pack_rgb,
+    class_range_problem,
+    colour_mask_problem,
+)
+from utils.config import Config, ConfigError, load_config
+from utils.constants import IGNORE_INDEX
+from utils.registry import DATASETS
+
+log = logging.getLogger("datasets.check")
+
+SPLITS = ("train", "val", "test")
+#: Splits train.py builds; one the layout lacks is a problem, a missing test split is not.
+TRAINING_SPLITS = ("train", "val")
+#: Folder-name words that mark a split (root/val, leftImg8bit/val, ISIC2018_..._Validation_Input).
+SPLIT_WORDS = {"train": {"train", "training"}, "val": {"val", "valid", "validation"}, "test": {"test", "testing"}}
+#: Raw mask values listed in the report (most frequent first).
+TOP_VALUES = 20
+#: Files listed per kind of problem in the report (all are kept in ``CheckReport.problems``).
+FILES_PER_PROBLEM = 5
+
+_BITS = {"1": 1, "I": 32, "F": 32}
+_UNREADABLE_FIX = "replace it with a valid image file, or remove it together with its image/mask"
+
+RawValue = Union[int, str]  # a grey/index value, or "R,G,B" for a colour
+
+
+@dataclass
+class Problem:
+    """One thing wrong with the data.
+
+    ``fix`` is empty when ``message`` comes from the dataset class and already
+    says what to change (errors while building a split).
+    """
+
+    file: str
+    message: str
+    fix: str = ""
+    kind: str = "other"
+    split: str = ""
+
+
+@dataclass
+class SplitStats:
+    """Figures of one split (or of several, summed), counted over its samples."""
+
+    num_classes: int
+    mask_mapping: str = ""
+    num_images: int = 0
+    num_without_mask: int = 0
+    num_all_ignore: int = 0
+    sizes: Counter = field(default_factory=Counter)  # (width, height) -> images
+    image_modes: Counter = field(default_factory=Counter)  # "RGB (8-bit)" -> images
+    mask_modes: Counter = field(default_factory=Counter)
+    raw_values: Counter = field(default_factory=Counter)  # raw mask value -> pixels, before mapping
+    class_pixels: np.ndarray = field(default=None)  # (num_classes,) int64, after mapping
+    ignore_pixels: int = 0
+
+    def __post_init__(self) -> None:
+        if self.class_pixels is None:
+            self.class_pixels = np.zeros(self.num_classes, dtype=np.int64)
+
+    @property
+    def num_pairs(self) -> int:
+        return self.num_images - self.num_without_mask
+
+    @property
+    def labelled_pixels(self) -> int:
+        return int(self.class_pixels.sum())
+
+    def missing_classes(self) -> List[int]:
+        """Classes with no pixel; empty when the split has no labelled pixel at all."""
+        if self.labelled_pixels == 0:
+            return []
+        return [int(c) for c in np.flatnonzero(self.class_pixels == 0)]
+
+    def add(self, other: "SplitStats") -> None:
+        """Add the counts of ``other`` to these."""
+        for name in ("num_images", "num_without_mask", "num_all_ignore", "ignore_pixels"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("sizes", "image_modes", "mask_modes", "raw_values"):
+            getattr(self, name).update(getattr(other, name))
+        self.class_pixels += other.class_pixels
+
+
+@dataclass
+class CheckReport:
+    """Everything the check found: per-split figures, absent splits and problems."""
+
+    dataset: str
+    root: str
+    num_classes: int
+    class_names: List[str]
+    splits: Dict[str, SplitStats] = field(default_factory=dict)
+    absent_splits: List[str] = field(default_factory=list)
+    problems: List[Problem] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when no problem was found, else 1."""
+        return 1 if self.problems else 0
+
+    def total(self) -> SplitStats:
+        """The figures of every scanned split together."""
+        total = SplitStats(self.num_classes)
+        for stats in self.splits.values():
+            total.add(stats)
+        return total
+
+
+# ------------------------------------------------------------------ scanning
+
+
+def check_dataset(cfg: Config, splits: Sequence[str] = SPLITS, progress: bool = True,
+                  workers: Optional[int] = None) -> CheckReport:
+    """Scan every split in ``splits`` that the config's dataset has; never raises for bad data.
+
+    Args:
+        cfg: a validated config; its dataset class is built with
+            ``cfg.dataset_kwargs()`` and no transforms.
+        splits: the splits to try.
+        progress: show a tqdm bar per split.
+        workers: threads reading files (default: up to 8, one per core).
+    """
+    report = CheckReport(dataset=cfg.data.name, root=str(cfg.data.root), num_classes=cfg.data.num_classes,
+                         class_names=_class_names(cfg))
+    workers = workers or min(8, os.cpu_count() or 1)
+    failures: Dict[str, Exception] = {}
+    for split in splits:
+        try:
+            dataset = DATASETS.build(cfg.data.name, split=split, transforms=None, **cfg.dataset_kwargs())
+        except (OSError, ValueError) as exc:
+            failures[split] = exc
+            continue
+        report.splits[split] = _scan_split(dataset, split, report.problems, progress, workers)
+    _record_failures(report, failures, Path(cfg.data.root))
+    return report
+
+
+def _class_names(cfg: Config) -> List[str]:
+    """Config names first, then the dataset's official ones, else "class k"."""
+    names = cfg.data.class_names or getattr(DATASETS.get(cfg.data.name), "class_names", None)
+    return list(names) if names else [f"class {k}" for k in range(cfg.data.num_classes)]
+
+
+def _record_failures(report: CheckReport, failures: Dict[str, Exception], root: Path) -> None:
+    """Sort the splits that could not be built into absent ones and problems.
+
+    A split is absent when no folder is named for it and another split was
+    built (a bad argument or root fails every split: that is a problem). An
+    absent test split is fine; train.py needs train and val.
+    """
+    for split, exc in failures.items():
+        if _has_split_folder(root, split) or (split in TRAINING_SPLITS and not report.splits):
+            report.problems.append(Problem(str(root), f"the {split} split cannot be loaded: {exc}",
+                                           kind="split cannot be loaded", split=split))
+            continue
+        report.absent_splits.append(split)
+        log.info("no %s split in %s", split, root)
+        if split in TRAINING_SPLITS:
+            report.problems.append(Problem(
+                str(root), f"the dataset has no {split} split: {exc}",
+                f"train.py needs a train and a val split; add the {split} data in the layout the message names",
+                kind="missing split", split=split))
+
+
+def _has_split_folder(root: Path, split: str) -> bool:
+    """Whether a folder named for ``split`` lies within two levels of ``root``.
+
+    A dataset that fails to build although such a folder exists has a real
+    problem (unpaired files, an empty or incomplete split); without one the
+    layout simply lacks that split.
+    """
+    words = SPLIT_WORDS[split]
+    level = [root] if root.is_dir() else []
+    for _ in range(2):
+        level = [p for folder in level for p in folder.iterdir() if p.is_dir()]
+        if any(words & set(re.split(r"[^a-z0-9]+", p.name.lower())) for p in level):
+            return True
+    return False
+
+
+def _scan_split(dataset: Any, split: str, problems: List[Problem], progress: bool, workers: int) -> SplitStats:
+    """Read every sample of ``dataset`` once (in ``workers`` threads) and sum the figures."""
+    stats = SplitStats(dataset.num_classes, mask_mapping=repr(dataset.mask_mapping))
+    samples = list(dataset.samples)
+    log.info("checking the %s split: %d images", split, len(samples))
+    if not samples:
+        problems.append(Problem(str(dataset.root), f"the {split} split has no images",
+                                "add images (and masks) to this split", kind="empty split", split=split))
+        return stats
+
+    def scan(sample: Tuple[Path, Optional[Path]]) -> Tuple[SplitStats, List[Problem]]:
+        return _scan_sample(sample[0], sample[1], dataset.mask_mapping, dataset.num_classes, split)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = tqdm(pool.map(scan, samples), total=len(samples), desc=f"check {split}", unit="img",
+                       leave=False, disable=not progress, mininterval=1.0)
+        for sample_stats, sample_problems in results:
+            stats.add(sample_stats)
+            problems.extend(sample_problems)
+    return stats
+
+
+def _scan_sample(image_path: Path, mask_path: Optional[Path], mapping: MaskMapping, num_classes: int,
+                 split: str) -> Tuple[SplitStats, List[Problem]]:
+    """Figures and problems of one (image, mask) pair; the image's pixels are not decoded."""
+    stats = SplitStats(num_classes, num_images=1)
+    problems: List[Problem] = []
+
+    def problem(path: Path, message: str, fix: str, kind: str) -> None:
+        problems.append(Problem(str(path), message, fix, kind, split))
+
+    image_size = None
+    try:
+        image_size, mode = _header(image_path)
+        stats.sizes[image_size] += 1
+        stats.image_modes[_describe_mode(mode)] += 1
+    except (OSError, ValueError, SyntaxError) as exc:
+        problem(image_path, f"cannot read the image: {exc}", _UNREADABLE_FIX, "unreadable image")
+    if mask_path is None:
+        stats.num_without_mask = 1
+        if split in TRAINING_SPLITS:
+            problem(image_path, "has no mask", "add its mask, or remove the image", "image without mask")
+        return stats, problems
+    mask_size = _scan_mask(mask_path, mapping, num_classes, split, stats, problem)
+    if image_size is not None and mask_size is not None and image_size != mask_size:
+        problem(mask_path, f"size {mask_size[0]}x{mask_size[1]} differs from image {image_path.name} "
+                f"{image_size[0]}x{image_size[1]}",
+                "masks must match their image pixel for pixel: resize the mask to the image's size with "
+                "nearest-neighbour interpolation, or pair the image with its right mask", "size mismatch")
+    return stats, problems
+
+
+def _scan_mask(path: Path, mapping: MaskMapping, num_classes: int, split: str, stats: SplitStats,
+               problem: Callable[[Path, str, str, str], None]) -> Optional[Tuple[int, int]]:
+    """Count the raw values and mapped classes of one mask into ``stats``; returns its (width, height)."""
+    try:
+        mode = _header(path)[1]
+    except (OSError, ValueError, SyntaxError) as exc:
+        problem(path, f"cannot read the mask: {exc}", _UNREADABLE_FIX, "unreadable mask")
+        return None
+    try:
+        pixels = _decode_for_check(path, mapping)
+    except (OSError, ValueError) as exc:  # the message says what to change
+        problem(path, _without_path(str(exc), path), "", "mask cannot be decoded")
+        return None
+    stats.mask_modes[_describe_mode(mode)] += 1
+    values, counts = _distinct(pixels)
+    stats.raw_values.update(dict(zip(_value_keys(values), counts.tolist())))
+    size = (pixels.shape[1], pixels.shape[0])
+    if values.ndim == 2 and mapping.decode != "colour":
+        message, fix = colour_mask_problem(pixels, mapping)
+        problem(path, message, fix, "RGB colour mask")
+        return size
+    try:
+        # Mappings are per-pixel lookups: map each distinct value once, as a (K, 1) "image".
+        classes = np.asarray(mapping(values.reshape(len(values), 1, *values.shape[1:]))).reshape(-1)
+    except ValueError as exc:
+        problem(path, _without_path(str(exc), path), "", "unmapped mask values")
+        return size
+    out_of_range = class_range_problem(values, classes, mapping, num_classes)
+    if out_of_range is not None:
+        problem(path, *out_of_range, "mask values outside the classes")
+        return size
+    labelled = classes != IGNORE_INDEX
+    np.add.at(stats.class_pixels, classes[labelled], counts[labelled])
+    stats.ignore_pixels = int(counts[~labelled].sum())
+    if not labelled.any():
+        stats.num_all_ignore = 1
+        if split in TRAINING_SPLITS:
+            problem(path, f"every pixel maps to {IGNORE_INDEX} (ignore), so the image teaches nothing",
+                    "label the image or remove the pair; if many masks do this, check data.mask_mapping",
+                    "mask all ignore")
+    return size
+
+
+def _header(path: Path) -> Tuple[Tuple[int, int], str]:
+    """(width, height) and PIL mode from the file header, without decoding the pixels."""
+    with Image.open(path) as pil:
+        return pil.size, pil.mode
+
+
+def _describe_mode(mode: str) -> str:
+    """A PIL mode with its bit depth per channel, e.g. "RGB (8-bit)", "I;16 (16-bit)"."""
+    bits = 16 if mode.startswith("I;16") else _BITS.get(mode, 8)
+    return f"{mode} ({bits}-bit)"
+
+
+def _decode_for_check(path: Path, mapping: MaskMapping) -> np.ndarray:
+    """The mask's pixels as training decodes them: ``(H, W)`` values, or ``(H, W, 3)`` colours.
+
+    Unlike ``read_mask``, an RGB colour mask under a one-value-per-pixel
+    mapping comes back as its colours (to be counted and reported) instead of
+    raising.
+    """
+    try:
+        return _decode_mask(path, mapping)
+    except ValueError:
+        if mapping.decode == "colour":
+            raise
+        pixels = _drop_alpha(_load_array(path, mode="colour"))
+        if pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype == np.uint8:
+            return pixels
+        raise
+
+
+def _distinct(pixels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Distinct values (K,) or colours (K, 3) of a mask and their pixel counts (K,) int64."""
+    if pixels.ndim == 3:
+        packed, counts = np.unique(_pack_rgb(pixels), return_counts=True)
+        colours = np.stack([packed >> 16, (packed >> 8) & 255, packed & 255], axis=1).astype(np.uint8)
+        return colours, counts.astype(np.int64)
+    flat = pixels.reshape(-1)
+    if flat.dtype in (np.uint8, np.uint16):  # bincount is several times faster than unique here
+        histogram = np.bincount(flat)
+        values = np.flatnonzero(histogram)
+        return values.astype(flat.dtype), histogram[values].astype(np.int64)
+    values, counts = np.unique(flat, return_counts=True)
+    return values, counts.astype(np.int64)
+
+
+def _value_keys(values: np.ndarray) -> List[RawValue]:
+    """Report keys of raw values: ints, or "R,G,B" strings for colours."""
+    if values.ndim == 2:
+        return [",".join(str(int(c)) for c in colour) for colour in values]
+    return [int(v) for v in values]
+
+
+def _without_path(message: str, path: Path) -> str:
+    """``message`` without a leading "<path>: " (the report names the file already)."""
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+# ------------------------------------------------------------------ report
+
+
+def format_report(report: CheckReport) -> str:
+    """The report as readable text: figures per split, then the problems grouped by kind."""
+    lines = [f"Data check: {report.dataset} dataset at {report.root} (num_classes={report.num_classes})"]
+    mappings = sorted({s.mask_mapping for s in report.splits.values()})
+    if mappings:
+        lines.append(f"mask mapping: {', '.join(mappings)}")
+    if report.absent_splits:
+        lines.append(f"splits the layout lacks: {', '.join(report.absent_splits)}")
+    if report.splits:
+        total = report.total()
+        lines += ["", *_split_table(report), ""]
+        lines.append("image modes: " + _format_counter(total.image_modes, "images"))
+        lines.append("mask modes:  " + _format_counter(total.mask_modes, "masks"))
+        lines += ["", *_raw_value_lines(total), "", *_class_lines(report), "", *_missing_class_lines(report)]
+        lines += [f"note: {note}" for note in _notes(report)]
+    lines += ["", *_problem_lines(report.problems)]
+    return "\n".join(lines)
+
+
+def _split_table(report: CheckReport) -> List[str]:
+    rows = [("split", "pairs", "no mask", "image sizes (W x H)")]
+    for name, stats in [*report.splits.items(), ("all", report.total())]:
+        rows.append((name, f"{stats.num_pairs:,}", f"{stats.num_without_mask:,}", _size_range(stats.sizes)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return ["  ".join(cell.ljust(w) if i in (0, 3) else cell.rjust(w) for i, (cell, w) in
+                      enumerate(zip(row, widths))).rstrip() for row in rows]
+
+
+def _size_range(sizes: Counter) -> str:
+    """"64x48" when every image has one size, else "min .. max (N sizes)" by width and height."""
+    if not sizes:
+        return "-"
+    widths, heights = [w for w, _ in sizes], [h for _, h in sizes]
+    if len(sizes) == 1:
+        return f"{widths[0]}x{heights[0]}"
+    return f"{min(widths)}x{min(heights)} .. {max(widths)}x{max(heights)} ({len(sizes)} sizes)"
+
+
+def _format_counter(counter: Counter, unit: str) -> str:
+    return ", ".join(f"{key}: {count:,} {unit}" for key, count in counter.most_common()) or "-"
+
+
+def _raw_value_lines(total: SplitStats) -> List[str]:
+    pixels = sum(total.raw_values.values())
+    if not pixels:
+        return ["raw mask values: no masks read"]
+    lines = [f"raw mask values before mapping ({len(total.raw_values)} distinct), pixels:"]
+    for value, count in total.raw_values.most_common(TOP_VALUES):
+        lines.append(f"  {str(value):>11}  {count:>14,}  {100.0 * count / pixels:6.2f}%")
+    if len(total.raw_values) > TOP_VALUES:
+        lines.append(f"  ... and {len(total.raw_values) - TOP_VALUES} more values")
+    return lines
+
+
+def _class_lines(report: CheckReport) -> List[str]:
+    """Pixels per class after mapping, with the share of labelled pixels, per split and overall."""
+    columns = [*report.splits.items(), ("all", report.total())]
+    labels = [f"{k} {name}" for k, name in enumerate(report.class_names)] + [f"{IGNORE_INDEX} ignore"]
+    rows = [["class", *(name for name, _ in columns)]]
+    for k, label in enumerate(labels):
+        row = [label]
+        for _, stats in columns:
+            if k == report.num_classes:
+                row.append(f"{stats.ignore_pixels:,}")
+            else:
+                count = int(stats.class_pixels[k])
+                row.append(f"{count:,} ({_percent(count, stats.labelled_pixels)})")
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    table = ["  " + row[0].ljust(widths[0]) + "".join(cell.rjust(w + 3) for cell, w in zip(row[1:], widths[1:]))
+             for row in rows]
+    return ["pixels per class after mapping (% of labelled pixels):", *table]
+
+
+def _percent(count: int, total: int) -> str:
+    return f"{100.0 * count / total:.2f}%" if total else "-"
+
+
+def _missing_class_lines(report: CheckReport) -> List[str]:
+    """Classes that never occur, per split and overall."""
+    lines = ["classes that never occur:"]
+    for name, stats in [*report.splits.items(), ("all", report.total())]:
+        if stats.labelled_pixels == 0:
+            text = "no labelled pixels"
+        else:
+            text = ", ".join(f"{k} {report.class_names[k]}" for k in stats.missing_classes()) or "none"
+        lines.append(f"  {name}: {text}")
+    return lines
+
+
+def _notes(report: CheckReport) -> List[str]:
+    notes = []
+    total = report.total()
+    if total.labelled_pixels and total.missing_classes():
+        notes.append("a class with no pixel in any split cannot be learned: check data.num_classes and "
+                     "data.mask_mapping")
+    test = report.splits.get("test")
+    if test is not None and test.num_all_ignore:
+        notes.append(f"{test.num_all_ignore} test mask(s) are all ignore (unlabelled): no metrics for them")
+    return notes
+
+
+def _problem_lines(problems: List[Problem]) -> List[str]:
+    """Problems grouped by kind and fix, with up to ``FILES_PER_PROBLEM`` files each."""
+    if not problems:
+        return ["No problems found."]
+    groups: Dict[Tuple[str, str], List[Problem]] = {}
+    for item in problems:
+        groups.setdefault((item.kind, item.fix), []).append(item)
+    lines = [f"{len(problems)} problem(s) found:"]
+    for (kind, fix), items in groups.items():
+        lines.append(f"- {kind} ({len(items)} file(s)):")
+        for item in items[:FILES_PER_PROBLEM]:
+            where = f"[{item.split}] " if item.split else ""
+            lines.append(f"    {where}{item.file}: {item.message}")
+        if len(items) > FILES_PER_PROBLEM:
+            lines.append(f"    ... and {len(items) - FILES_PER_PROBLEM} more")
+        if fix:
+            lines.append(f"  fix: {fix}")
+    return lines
+
+
+# ------------------------------------------------------------------ command line
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Check a dataset before training: counts, sizes, mask values, "
+                                            "class balance and every problem with its fix.")
+    p.add_argument("--config", required=True, help="experiment YAML, e.g. configs/demo.yaml")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override config keys, e.g. --set data.root=/data/x")
+    p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS,
+                   help="splits to check (default: every split the layout has)")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the check; 0 when the data is clean, 1 when problems were found, 2 for config errors."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    report = check_dataset(cfg, splits=args.splits)
+    sys.stdout.write(format_report(report) + "\n")
+    return report.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
