@@ -1,14 +1,20 @@
 """Paired transforms: image and mask stay aligned, masks are never interpolated."""
+import colorsys
 import inspect
+import math
+import pickle
 import typing
 
 import pytest
 import torch
 from torchvision import tv_tensors
 
+import utils.transforms as transforms_module
+from datasets.folder import FolderDataset
 from utils.constants import IGNORE_INDEX
 from utils.registry import TRANSFORMS
-from utils.transforms import IMAGENET_MEAN, IMAGENET_STD, Compose, build_transforms
+from utils.transforms import (IMAGENET_MEAN, IMAGENET_STD, Compose, adjust_saturation_hue, affine_grid,
+                              build_transforms, elastic_displacement, warp_pair)
 
 CLASSES = torch.tensor([0, 2, 3, 7])
 SEEDS = range(4)
@@ -58,12 +64,19 @@ RESAMPLING_SPECS = [
     {"name": "random_resized_crop", "size": 56},
     {"name": "random_resized_crop", "size": [64, 32], "scale": [0.2, 0.6], "ratio": [0.5, 2.0]},
     {"name": "rotate", "degrees": 30},
+    {"name": "random_resize", "scale": [48, 96], "ratio_range": [0.8, 1.5]},
+    {"name": "random_resize", "scale": [48, 96], "ratio_range": [0.8, 1.5], "keep_ratio": False},
+    {"name": "random_scale_crop", "size": [40, 56], "scale": [1.0, 2.0]},
+    {"name": "affine", "degrees": 20, "translate": [0.1, 0.2], "scale": [0.8, 1.2], "shear": 10},
+    {"name": "elastic", "alpha": 34.0, "sigma": 4.0, "p": 1.0},
 ]
 GEOMETRIC_SPECS = EXACT_SPECS + RESAMPLING_SPECS
 PHOTOMETRIC_SPECS = [
     {"name": "color_jitter", "brightness": 0.5, "contrast": 0.5, "saturation": 0.5, "hue": 0.1},
     {"name": "gaussian_blur", "kernel_size": 5, "sigma": [1.0, 2.0], "p": 1.0},
     {"name": "normalize"},
+    {"name": "photometric_distortion", "p": 1.0},
+    {"name": "gaussian_noise", "p": 1.0},
 ]
 ALL_SPECS = GEOMETRIC_SPECS + PHOTOMETRIC_SPECS
 
@@ -131,6 +144,10 @@ def test_output_sizes():
         ({"name": "random_resized_crop", "size": [24, 16]}, (24, 16)),
         ({"name": "random_crop", "size": [70, 10]}, (70, 10)),
         ({"name": "rotate", "degrees": 45}, (64, 48)),
+        ({"name": "random_scale_crop", "size": [24, 80], "scale": [0.5, 2.0]}, (24, 80)),
+        ({"name": "random_scale_crop", "size": 16, "scale": [0.1, 0.1]}, (16, 16)),
+        ({"name": "affine", "degrees": 30, "scale": [0.5, 2.0]}, (64, 48)),
+        ({"name": "elastic", "p": 1.0}, (64, 48)),
     ]
     for spec, size in cases:
         out_image, out_mask = build_transforms([spec])(image, mask)
@@ -275,7 +292,8 @@ def test_bad_inputs_raise():
 def test_registered_names_and_annotations():
     expected = {
         "resize", "random_resized_crop", "random_crop", "hflip", "vflip",
-        "rotate", "color_jitter", "gaussian_blur", "normalize",
+        "rotate", "color_jitter", "gaussian_blur", "normalize", "random_resize", "random_scale_crop",
+        "photometric_distortion", "affine", "elastic", "gaussian_noise", "mosaic",
     }
     assert expected <= set(TRANSFORMS.names())
     for name in expected:
@@ -340,9 +358,399 @@ def test_bad_specs_raise():
         ({"name": "gaussian_blur", "sigma": [0.0, 1.0]}, "sigma"),
         ({"name": "normalize", "mean": [0.5, 0.5], "std": [0.5]}, "same"),
         ({"name": "normalize", "mean": [0.5], "std": [0.0]}, "std values must be > 0"),
+        ({"name": "random_crop", "size": 8, "cat_max_ratio": 0.0}, "cat_max_ratio"),
+        ({"name": "random_crop", "size": 8, "cat_max_ratio": 1.5}, "cat_max_ratio"),
+        ({"name": "random_resize", "scale": [512]}, "scale must be"),
+        ({"name": "random_resize", "scale": [512, 1024], "ratio_range": [2.0, 0.5]}, "ratio_range"),
+        ({"name": "random_resize", "scale": [512, 1024], "ratio_range": [0.0, 2.0]}, "ratio_range"),
+        ({"name": "random_scale_crop", "size": 8, "scale": [0.0, 1.0]}, "scale"),
+        ({"name": "random_scale_crop", "size": 8, "cat_max_ratio": 0.0}, "cat_max_ratio"),
+        ({"name": "photometric_distortion", "brightness": -0.1}, "brightness"),
+        ({"name": "photometric_distortion", "contrast": [1.5, 0.5]}, "contrast"),
+        ({"name": "photometric_distortion", "saturation": [0.0, 1.0]}, "saturation"),
+        ({"name": "photometric_distortion", "hue": 0.7}, "hue"),
+        ({"name": "photometric_distortion", "p": 1.1}, "p must be in"),
+        ({"name": "affine", "degrees": 181}, "degrees"),
+        ({"name": "affine", "translate": [0.5]}, "translate"),
+        ({"name": "affine", "translate": [0.5, 1.5]}, "translate"),
+        ({"name": "affine", "scale": [0.0, 1.0]}, "scale"),
+        ({"name": "affine", "shear": 90}, "shear"),
+        ({"name": "elastic", "alpha": -1.0}, "alpha"),
+        ({"name": "elastic", "sigma": 0.0}, "sigma"),
+        ({"name": "gaussian_noise", "std": -0.1}, "std"),
+        ({"name": "mosaic", "size": 0}, "size must be"),
+        ({"name": "mosaic", "size": 8, "center_range": [0.0, 0.5]}, "center_range"),
+        ({"name": "mosaic", "size": 8, "center_range": [0.6, 0.4]}, "center_range"),
+        ({"name": "mosaic", "size": 8, "p": -1.0}, "p must be in"),
     ],
     ids=lambda value: value if isinstance(value, str) else spec_id(value),
 )
 def test_bad_arguments_raise_value_error(spec, message):
     with pytest.raises(ValueError, match=message):
         build_transforms([spec])
+
+
+# --------------------------------------------------------------------------- #
+# random_crop with cat_max_ratio
+# --------------------------------------------------------------------------- #
+def scripted_draws(monkeypatch, values):
+    """Make the transforms' integer draws return ``values`` in order; returns the list of draws made."""
+    made = []
+    script = iter(values)
+
+    def draw(low, high):
+        value = next(script)
+        assert low <= value <= high, f"scripted {value} outside [{low}, {high}]"
+        made.append(value)
+        return value
+
+    monkeypatch.setattr(transforms_module, "_randint", draw)
+    return made
+
+
+def class_strip_mask() -> tv_tensors.Mask:
+    """20 x 100: class 1 in columns 0-4, IGNORE_INDEX in 90-99, class 0 elsewhere (94% of the labels)."""
+    mask = torch.zeros(20, 100, dtype=torch.int64)
+    mask[:, :5] = 1
+    mask[:, 90:] = IGNORE_INDEX
+    return tv_tensors.Mask(mask)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "random_crop", "size": [20, 10], "cat_max_ratio": 0.75},
+        # Factor 1: the same windows, drawn by the same (row, column) offsets.
+        {"name": "random_scale_crop", "size": [20, 10], "scale": [1.0, 1.0], "cat_max_ratio": 0.75},
+    ],
+    ids=["random_crop", "random_scale_crop"],
+)
+def test_cat_max_ratio_redraws_until_no_class_dominates(monkeypatch, spec):
+    mask = class_strip_mask()
+    # Draws are (row, column) offsets. Column 50: all class 0; 85: class 0 and
+    # ignore only (one class); 90: ignore only; 1: four columns of class 1 ->
+    # 60% class 0, kept.
+    made = scripted_draws(monkeypatch, [0, 50, 0, 85, 0, 90, 0, 1, 0, 70])
+    out_image, out_mask = build_transforms([spec])(image_of(mask), mask)
+    assert made == [0, 50, 0, 85, 0, 90, 0, 1]
+    assert torch.equal(out_mask, mask[:, 1:11])
+    assert torch.equal(out_image[0], (mask[:, 1:11] + 1).float())
+
+
+def test_cat_max_ratio_keeps_the_last_draw_after_ten_redraws(monkeypatch):
+    mask = class_strip_mask()
+    spec = {"name": "random_crop", "size": [20, 10], "cat_max_ratio": 0.75}
+    made = scripted_draws(monkeypatch, [0, 40] * 10 + [0, 60, 0, 1])
+    _, out_mask = build_transforms([spec])(image_of(mask), mask)
+    assert len(made) == 22  # the first draw and ten more; the last is not checked
+    assert torch.equal(out_mask, mask[:, 60:70])
+
+
+def test_cat_max_ratio_one_takes_the_first_draw(monkeypatch):
+    mask = class_strip_mask()
+    made = scripted_draws(monkeypatch, [0, 50, 0, 1])
+    _, out_mask = build_transforms([{"name": "random_crop", "size": [20, 10]}])(image_of(mask), mask)
+    assert made == [0, 50] and torch.equal(out_mask, mask[:, 50:60])
+
+
+def test_cat_max_ratio_improves_real_draws():
+    # Class 1 is a 6-column strip of a 64 x 64 mask; a 16 x 16 crop holds 25-75%
+    # of it for 13 of the 49 column offsets.
+    mask = torch.zeros(64, 64, dtype=torch.int64)
+    mask[:, 29:35] = 1
+    mask = tv_tensors.Mask(mask)
+    image = image_of(mask)
+
+    def mixed_share(spec):
+        pipeline, hits = build_transforms([spec]), 0
+        for seed in range(40):
+            torch.manual_seed(seed)
+            counts = pipeline(image, mask)[1].flatten().bincount(minlength=2)
+            hits += int(counts.min() > 0 and counts.max() / counts.sum() < 0.75)
+        return hits / 40
+
+    assert mixed_share({"name": "random_crop", "size": 16, "cat_max_ratio": 0.75}) >= 0.8  # 1 - (36 / 49) ** 11 = 0.97
+    assert mixed_share({"name": "random_crop", "size": 16}) <= 0.4  # 13 / 49 = 0.27
+
+
+def test_random_crop_places_small_images_inside_the_padding():
+    mask = tv_tensors.Mask(torch.full((4, 4), 2))
+    for seed in range(6):
+        torch.manual_seed(seed)
+        out_image, out_mask = build_transforms([{"name": "random_crop", "size": [6, 10]}])(image_of(mask), mask)
+        rows, cols = (out_mask == 2).nonzero().unbind(1)
+        assert (out_mask == 2).sum() == 16 and rows.max() - rows.min() == 3 and cols.max() - cols.min() == 3
+        assert torch.equal(out_image[0] == 0, out_mask == IGNORE_INDEX)
+
+
+# --------------------------------------------------------------------------- #
+# random_resize and random_scale_crop
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize(
+    "image_size, ratio, keep_ratio, expected",
+    [
+        # scale [100, 400] x 0.75 = target [75, 300]; factor min(300 / 200, 75 / 60) = 1.25
+        ((60, 200), 0.75, True, (75, 250)),
+        ((200, 60), 0.75, True, (250, 75)),  # orientation does not matter
+        ((60, 200), 0.75, False, (75, 300)),
+        # target [50, 200]; factor min(200 / 200, 50 / 60) = 0.8333: 200 * 0.8333 = 166.7
+        ((60, 200), 0.5, True, (50, 167)),
+        # target [150, 600]; factor min(600 / 200, 150 / 60) = 2.5
+        ((60, 200), 1.5, True, (150, 500)),
+        ((60, 200), 1.5, False, (150, 600)),
+    ],
+)
+def test_random_resize_sizes(image_size, ratio, keep_ratio, expected):
+    spec = {"name": "random_resize", "scale": [100, 400], "ratio_range": [ratio, ratio], "keep_ratio": keep_ratio}
+    mask = tv_tensors.Mask(torch.zeros(image_size, dtype=torch.int64))
+    out_image, out_mask = build_transforms([spec])(image_of(mask), mask)
+    assert out_image.shape[-2:] == expected and out_mask.shape == expected
+
+
+def test_random_resize_draws_the_ratio_from_its_range(monkeypatch):
+    calls = []
+    monkeypatch.setattr(transforms_module, "_uniform", lambda low, high: calls.append((low, high)) or 1.5)
+    spec = {"name": "random_resize", "scale": [100, 400], "ratio_range": [0.5, 2.0]}
+    out_image, _ = build_transforms([spec])(torch.rand(3, 60, 200), None)
+    assert calls == [(0.5, 2.0)] and out_image.shape == (3, 150, 500)
+
+
+def test_random_scale_crop_pads_when_scaled_smaller():
+    mask = tv_tensors.Mask(torch.full((40, 40), 3))
+    spec = {"name": "random_scale_crop", "size": [32, 48], "scale": [0.5, 0.5]}
+    out_image, out_mask = build_transforms([spec])(image_of(mask), mask)
+    assert out_mask.shape == (32, 48)
+    assert (out_mask == 3).sum() == 20 * 20 and (out_mask == IGNORE_INDEX).sum() == 32 * 48 - 400
+    assert torch.equal(out_image[0] == 0, out_mask == IGNORE_INDEX)
+    assert torch.allclose(out_image[0][out_mask == 3], torch.tensor(4.0))
+
+
+def test_random_scale_crop_matches_resize_then_crop():
+    # Factor 2 on a 16 x 16 ramp: the crop shows a 4 x 4 source window at twice
+    # the size, so neighbouring output columns differ by half a source step.
+    mask = tv_tensors.Mask(torch.arange(16).repeat(16, 1))
+    image = tv_tensors.Image(mask[None].float())
+    torch.manual_seed(0)
+    out_image, out_mask = build_transforms([{"name": "random_scale_crop", "size": 8, "scale": [2.0, 2.0]}])(
+        image, mask
+    )
+    first = int(out_mask[0, 0])
+    assert out_mask[0].tolist() == [first + i // 2 for i in range(8)]
+    assert torch.allclose(out_image[0, 4, 1:7].diff(), torch.tensor(0.5))
+
+
+# --------------------------------------------------------------------------- #
+# photometric_distortion and gaussian_noise
+# --------------------------------------------------------------------------- #
+def test_photometric_distortion_stays_in_range_and_keeps_mask():
+    mask = block_mask()
+    image = tv_tensors.Image(torch.rand(3, 64, 48, generator=torch.Generator().manual_seed(1)))
+    image[:, :4] = 0.0
+    image[:, 4:8] = 1.0
+    spec = {"name": "photometric_distortion", "brightness": 0.5, "contrast": [0.3, 3.0], "p": 1.0}
+    for seed in SEEDS:
+        out_image, out_mask = run_seeded(spec, image, mask.clone(), seed)
+        assert torch.equal(out_mask, mask)
+        assert out_image.min() >= 0.0 and out_image.max() <= 1.0
+        assert (out_image - image).abs().max() > 0.05
+
+
+def test_photometric_distortion_contrast_is_multiplicative():
+    image = tv_tensors.Image(torch.tensor([[[0.1, 0.3, 0.6]], [[0.2, 0.2, 0.2]], [[0.0, 0.45, 0.9]]]))
+    spec = {"name": "photometric_distortion", "brightness": 0.0, "contrast": [2.0, 2.0],
+            "saturation": [1.0, 1.0], "hue": 0.0, "p": 1.0}
+    out_image, _ = build_transforms([spec])(image, None)
+    assert torch.allclose(out_image, (image * 2).clamp(0, 1), atol=1e-6)
+
+
+def test_photometric_distortion_on_one_channel_skips_colour_steps():
+    image = tv_tensors.Image(torch.full((1, 4, 4), 0.5))
+    spec = {"name": "photometric_distortion", "brightness": 0.0, "contrast": [1.5, 1.5], "p": 1.0}
+    out_image, _ = build_transforms([spec])(image, None)
+    assert out_image.shape == (1, 4, 4) and torch.allclose(out_image, torch.tensor(0.75))
+
+
+@pytest.mark.parametrize("factor, shift", [(1.4, None), (0.5, None), (None, 0.1), (1.3, -0.25), (2.0, 0.45)])
+def test_adjust_saturation_hue_matches_hsv_round_trip(factor, shift):
+    rgb = torch.rand(3, 5, 6, generator=torch.Generator().manual_seed(2))
+    rgb[:, 0, 0] = 0.4  # grey: no hue
+    rgb[:, 0, 1] = torch.tensor([0.7, 0.7, 0.2])  # two channels tie for the maximum
+    expected = []
+    for r, g, b in rgb.permute(1, 2, 0).reshape(-1, 3).tolist():
+        h, s, v = colorsys.rgb_to_hsv(r, g, b)
+        h = (h + (shift or 0.0)) % 1.0
+        s = min(s * (factor if factor is not None else 1.0), 1.0)
+        expected.append(colorsys.hsv_to_rgb(h, s, v))
+    out = adjust_saturation_hue(rgb, factor, shift)
+    assert torch.allclose(out.permute(1, 2, 0).reshape(-1, 3), torch.tensor(expected), atol=1e-5)
+
+
+def test_gaussian_noise_statistics():
+    image = tv_tensors.Image(torch.full((3, 64, 64), 0.5))
+    torch.manual_seed(0)
+    out_image, _ = build_transforms([{"name": "gaussian_noise", "std": 0.1, "p": 1.0}])(image, None)
+    noise = out_image - image
+    assert abs(noise.mean().item()) < 0.01 and abs(noise.std().item() - 0.1) < 0.005
+    assert torch.equal(build_transforms([{"name": "gaussian_noise", "p": 0.0}])(image, None)[0], image)
+
+
+# --------------------------------------------------------------------------- #
+# affine and elastic
+# --------------------------------------------------------------------------- #
+def test_affine_grid_moves_pixels_where_expected():
+    mask = torch.zeros(20, 30, dtype=torch.int64)
+    mask[5, 7] = 1
+    identity = torch.eye(2, dtype=torch.float64)
+    out_image, out_mask = warp_pair(image_of(mask), mask, affine_grid(20, 30, identity, (10.0, 3.0)))
+    assert (out_mask == 1).nonzero().tolist() == [[8, 17]]  # x + 10, y + 3
+    assert out_mask[:3].eq(IGNORE_INDEX).all() and out_mask[:, :10].eq(IGNORE_INDEX).all()
+    assert abs(out_image[0, 8, 17] - 2) < 1e-4 and out_image[0, 0, 0] == 0
+    # Zoom 2 about the centre (14.5, 9.5): pixel (x 12, y 8) lands on x 9.5, y 6.5.
+    mask = torch.zeros(20, 30, dtype=torch.int64)
+    mask[8, 12] = 1
+    _, out_mask = warp_pair(image_of(mask), mask, affine_grid(20, 30, 2 * identity, (0.0, 0.0)))
+    assert (out_mask == 1).nonzero().tolist() == [[6, 9], [6, 10], [7, 9], [7, 10]]
+
+
+def test_affine_defaults_are_identity():
+    mask = block_mask()
+    out_image, out_mask = build_transforms([{"name": "affine"}])(image_of(mask), mask)
+    assert torch.equal(out_mask, mask)
+    assert torch.allclose(out_image, image_of(mask), atol=1e-4)
+
+
+def test_elastic_with_alpha_zero_is_identity():
+    mask = block_mask()
+    torch.manual_seed(0)
+    out_image, out_mask = build_transforms([{"name": "elastic", "alpha": 0.0, "p": 1.0}])(image_of(mask), mask)
+    assert torch.equal(out_mask, mask)
+    assert torch.allclose(out_image, image_of(mask), atol=1e-4)
+
+
+def test_elastic_moves_pixels_with_one_field_for_image_and_mask():
+    mask = block_mask(128, 128, block=16)
+    torch.manual_seed(0)
+    out_image, out_mask = build_transforms([{"name": "elastic", "alpha": 300.0, "sigma": 8.0, "p": 1.0}])(
+        image_of(mask), mask
+    )
+    changed = out_mask != mask
+    assert changed.float().mean() > 0.05  # visibly deformed
+    inside = uniform_interior(out_mask) & (out_mask != IGNORE_INDEX)
+    assert (out_image[0].round() - 1 == out_mask)[inside].float().mean() >= 0.99
+
+
+@pytest.mark.parametrize("sigma", [3.0, 4.0, 8.0])
+def test_elastic_displacement_has_the_textbook_spread_and_smoothness(sigma):
+    # Uniform noise in [-1, 1] (variance 1/3) filtered by a normalised Gaussian
+    # kernel k has std alpha * sqrt(1/3 * sum(k2d ** 2)) = alpha * sqrt(1/3) * sum(k1d ** 2),
+    # and an autocorrelation exp(-d^2 / (4 sigma^2)): exp(-1/4) one sigma apart.
+    taps = torch.arange(-4 * sigma, 4 * sigma + 1)
+    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
+    expected_std = 34.0 * math.sqrt(1 / 3) * (kernel / kernel.sum()).pow(2).sum().item()
+    torch.manual_seed(0)
+    field = elastic_displacement(320, 320, 34.0, sigma)[:, 64:-64, 64:-64]  # away from the faded borders
+    assert field.shape == (2, 192, 192)
+    assert abs(field.std().item() / expected_std - 1) < 0.12
+    lag = int(sigma)
+    correlation = (field[..., :-lag] * field[..., lag:]).mean() / field.pow(2).mean()
+    assert abs(correlation.item() - math.exp(-0.25)) < 0.06
+
+
+# --------------------------------------------------------------------------- #
+# mosaic
+# --------------------------------------------------------------------------- #
+class ConstantSamples:
+    """A sample source returning constant samples of class 2, 3, 4, ... in turn (image = class + 1)."""
+
+    def __init__(self, size=(30, 40)):
+        self.size = size
+        self.calls = 0
+
+    def __call__(self):
+        self.calls += 1
+        mask = tv_tensors.Mask(torch.full(self.size, self.calls + 1))
+        return image_of(mask), mask
+
+
+def mosaic_pipeline(specs, source):
+    pipeline = build_transforms(specs)
+    pipeline.bind_source(source)
+    return pipeline
+
+
+def test_mosaic_puts_four_samples_in_four_quadrants():
+    mask = tv_tensors.Mask(torch.full((30, 40), 1))
+    source = ConstantSamples()
+    pipeline = mosaic_pipeline([{"name": "mosaic", "size": [40, 60], "center_range": [0.5, 0.5]}], source)
+    out_image, out_mask = pipeline(image_of(mask), mask)
+    assert out_image.shape == (3, 40, 60) and out_mask.shape == (40, 60) and source.calls == 3
+    assert out_mask[:20, :30].eq(1).all() and out_mask[:20, 30:].eq(2).all()
+    assert out_mask[20:, :30].eq(3).all() and out_mask[20:, 30:].eq(4).all()
+    assert torch.equal(out_image, (out_mask + 1).float().expand_as(out_image))
+
+
+def test_mosaic_samples_touch_the_centre_and_padding_is_ignore():
+    mask = block_mask(10, 8, block=2)
+    source = ConstantSamples(size=(10, 8))
+    pipeline = mosaic_pipeline([{"name": "mosaic", "size": 40, "center_range": [0.5, 0.5]}], source)
+    out_image, out_mask = pipeline(image_of(mask), mask)
+    assert torch.equal(out_mask[10:20, 12:20], mask)  # bottom-right corner at the centre (20, 20)
+    assert out_mask[10:20, 20:28].eq(2).all() and out_mask[20:30, 12:20].eq(3).all()
+    assert out_mask[20:30, 20:28].eq(4).all()
+    assert (out_mask == IGNORE_INDEX).sum() == 40 * 40 - 4 * 80
+    assert torch.equal(out_image[0] == 0, out_mask == IGNORE_INDEX)
+
+
+def test_mosaic_crops_large_samples_at_the_far_side():
+    mask = block_mask(64, 48)
+    source = ConstantSamples(size=(64, 48))
+    torch.manual_seed(3)
+    out_image, out_mask = mosaic_pipeline([{"name": "mosaic", "size": [32, 32]}], source)(image_of(mask), mask)
+    top_left = out_mask[:, 0] == mask[-1, -1]  # rows of the current sample's crop
+    cy = int((out_mask[:, 0] != 3).sum())  # the bottom-left sample is class 3
+    cx = int((out_mask[0] != 2).sum())  # the top-right sample is class 2
+    assert 8 <= cy <= 24 and 8 <= cx <= 24 and top_left.any()
+    assert torch.equal(out_mask[:cy, :cx], mask[-cy:, -cx:])
+    assert torch.equal(out_image, (out_mask + 1).float().expand_as(out_image))
+
+
+def test_mosaic_extra_samples_go_through_the_transforms_before_it():
+    # normalize with std 0.5 doubles, with std 0.25 quadruples: the extra samples must be
+    # doubled before the mosaic (like the current one) and quadrupled once after it.
+    mask = tv_tensors.Mask(torch.full((30, 40), 1))
+    specs = [
+        {"name": "normalize", "mean": [0.0], "std": [0.5]},
+        {"name": "mosaic", "size": [40, 60], "center_range": [0.5, 0.5]},
+        {"name": "normalize", "mean": [0.0], "std": [0.25]},
+    ]
+    out_image, out_mask = mosaic_pipeline(specs, ConstantSamples())(image_of(mask), mask)
+    assert set(out_mask.unique().tolist()) == {1, 2, 3, 4}
+    assert torch.equal(out_image, 8 * (out_mask + 1).float().expand_as(out_image))
+
+
+def test_mosaic_without_a_source_raises_unless_p_is_zero():
+    mask = block_mask()
+    with pytest.raises(RuntimeError, match="mosaic.*bind_source"):
+        build_transforms([{"name": "mosaic", "size": 32}])(image_of(mask), mask)
+    out_image, out_mask = build_transforms([{"name": "mosaic", "size": 32, "p": 0.0}])(image_of(mask), mask)
+    assert torch.equal(out_mask, mask) and torch.equal(out_image, image_of(mask))
+
+
+def test_mosaic_without_a_mask_returns_none():
+    image = tv_tensors.Image(torch.ones(3, 30, 40))
+    pipeline = mosaic_pipeline([{"name": "mosaic", "size": [40, 60]}], ConstantSamples())
+    out_image, out_mask = pipeline(image, None)
+    assert out_mask is None and out_image.shape == (3, 40, 60)
+
+
+def test_mosaic_from_a_dataset(binary_folder):
+    specs = [{"name": "random_crop", "size": 24}, {"name": "mosaic", "size": 40}, {"name": "normalize"}]
+    dataset = FolderDataset(root=str(binary_folder), split="train", num_classes=2, mask_mapping="binary",
+                            transforms=build_transforms(specs))
+    torch.manual_seed(0)
+    image, mask = dataset[0]
+    assert image.shape == (3, 40, 40) and mask.shape == (40, 40)
+    assert set(mask.unique().tolist()) <= {0, 1, IGNORE_INDEX}
+    # The source is the dataset's bound method: the pipeline survives pickling (DataLoader workers).
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert copy[1][0].shape == (3, 40, 40)
