@@ -16,14 +16,27 @@ the channels on the way up and the widths mirror the encoder exactly.
 Any input size at least ``2**depth`` per side works: pooling floors odd
 sizes, and the decoder pads back up to each skip's size, so the logits always
 have the input's height and width.
+
+``encoder="resnet34"`` (any name of :data:`models.encoders.ENCODERS`) swaps the
+plain encoder for a torchvision backbone (ResUNet, Mobile-UNet, Eff-UNet): its
+five feature maps at strides 2..32 feed five :class:`DecoderBlock` steps of
+widths ``decoder_channels`` (the last one without a skip, upsampling to the
+input size) and a 1x1 head. Such a model takes any input size (each step
+interpolates to its skip's size) and can load ImageNet weights from the local
+torch.hub cache (``pretrained=True``); ``base_channels``, ``depth`` and
+``bilinear`` then do not apply. With a ResNet-34 encoder that is 24.4M
+parameters (21.3M of them the encoder).
 """
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.encoders import STRIDES, build_encoder, check_image_batch
 from utils.registry import MODELS
+
+DECODER_CHANNELS = (256, 128, 64, 32, 16)
 
 
 class DoubleConv(nn.Module):
@@ -96,6 +109,39 @@ class OutConv(nn.Module):
         return self.conv(x)
 
 
+class DecoderBlock(nn.Module):
+    """Bilinear upsampling to ``size``, concatenation [skip, x] when there is a skip, DoubleConv.
+
+    Args:
+        in_ch: channels of the deeper feature map ``x``.
+        skip_ch: channels of the skip connection (0 for none).
+        out_ch: channels out.
+    """
+
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv = DoubleConv(in_ch + skip_ch, out_ch)
+
+    def forward(self, x: torch.Tensor, size: Tuple[int, int],
+                skip: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        if skip is not None:
+            x = torch.cat([skip, x], dim=1)
+        return self.conv(x)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Kaiming-normal convolutions (ReLU gain), unit BatchNorm, zero biases, throughout ``module``."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 @MODELS.register("unet")
 class UNet(nn.Module):
     """U-Net encoder-decoder returning raw logits of shape (N, out_channels, H, W).
@@ -105,15 +151,24 @@ class UNet(nn.Module):
         out_channels: 1 for binary sigmoid output, otherwise the number of
             classes (softmax over channels).
         base_channels: width of the first level; level ``i`` has
-            ``base_channels * 2**i`` channels.
+            ``base_channels * 2**i`` channels (plain encoder only).
         depth: number of 2x downsamplings; inputs need at least ``2**depth``
-            pixels per side.
+            pixels per side (plain encoder only).
         bilinear: bilinear upsampling with a halved bottleneck (lighter) instead
-            of transposed convolutions (see the module docstring).
+            of transposed convolutions (see the module docstring; plain encoder only).
+        encoder: a torchvision backbone from :data:`models.encoders.ENCODERS`
+            (e.g. "resnet34", "mobilenet_v3_large", "efficientnet_b0") instead
+            of the plain U-Net encoder; None keeps the plain one.
+        pretrained: load the encoder's ImageNet weights from the local
+            torch.hub cache (never downloaded; needs ``encoder``).
+        decoder_channels: widths of the five decoder steps, deepest first
+            (needs ``encoder``).
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base_channels: int = 64,
-                 depth: int = 4, bilinear: bool = True) -> None:
+                 depth: int = 4, bilinear: bool = True, encoder: Optional[str] = None,
+                 pretrained: bool = False,
+                 decoder_channels: Tuple[int, ...] = DECODER_CHANNELS) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
                             ("base_channels", base_channels), ("depth", depth)):
@@ -121,6 +176,26 @@ class UNet(nn.Module):
                 raise ValueError(f"UNet: {name} must be at least 1, got {value}")
         self.in_channels = in_channels
         self.depth = depth
+        if encoder is None:
+            if pretrained or tuple(decoder_channels) != DECODER_CHANNELS:
+                raise ValueError("UNet: pretrained and decoder_channels need a backbone; "
+                                 "set model.encoder (e.g. resnet34) or remove them")
+            self.encoder = None
+            self._build_plain(in_channels, out_channels, base_channels, depth, bilinear)
+        else:
+            if (base_channels, depth, bilinear) != (64, 4, True):
+                raise ValueError(f"UNet: base_channels, depth and bilinear describe the plain encoder "
+                                 f"and do not apply with encoder={encoder!r}; remove them "
+                                 "(use decoder_channels to size the decoder)")
+            if len(decoder_channels) != len(STRIDES) or min(decoder_channels) < 1:
+                raise ValueError(f"UNet: decoder_channels needs {len(STRIDES)} positive widths (one per "
+                                 f"encoder stage, deepest first), got {list(decoder_channels)}")
+            self.encoder = build_encoder(encoder, in_channels, pretrained)
+            self._build_backbone_decoder(self.encoder.out_channels, out_channels, decoder_channels)
+
+    def _build_plain(self, in_channels: int, out_channels: int, base_channels: int,
+                     depth: int, bilinear: bool) -> None:
+        """The classic U-Net: DoubleConv levels with max pooling, Up blocks, a 1x1 head."""
         widths = [base_channels * 2 ** i for i in range(depth + 1)]
         if bilinear:
             widths[depth] //= 2
@@ -128,7 +203,17 @@ class UNet(nn.Module):
         self.downs = nn.ModuleList(Down(widths[i], widths[i + 1]) for i in range(depth))
         self.ups = nn.ModuleList(self._decoder(widths, bilinear))
         self.outc = OutConv(widths[0], out_channels)
-        self._init_weights()
+        init_weights(self)
+
+    def _build_backbone_decoder(self, encoder_channels: List[int], out_channels: int,
+                                decoder_channels: Tuple[int, ...]) -> None:
+        """DecoderBlocks over the backbone's features (deepest first, the last without skip), a 1x1 head."""
+        skips = encoder_channels[-2::-1] + [0]
+        ins = [encoder_channels[-1]] + list(decoder_channels[:-1])
+        self.blocks = nn.ModuleList(DecoderBlock(i, s, o) for i, s, o in zip(ins, skips, decoder_channels))
+        self.head = OutConv(decoder_channels[-1], out_channels)
+        init_weights(self.blocks)
+        init_weights(self.head)
 
     @staticmethod
     def _decoder(widths: List[int], bilinear: bool) -> List[Up]:
@@ -140,22 +225,18 @@ class UNet(nn.Module):
             channels = out
         return ups
 
-    def _init_weights(self) -> None:
-        """Kaiming-normal convolutions (ReLU gain), unit BatchNorm, zero biases."""
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+    def set_encoder_frozen(self, frozen: bool) -> None:
+        """Freeze (or unfreeze) the backbone: no gradients, BatchNorm statistics fixed (eval mode)."""
+        if self.encoder is None:
+            raise ValueError("UNet without model.encoder has no pretrained backbone to freeze; "
+                             "set model.encoder or drop the encoder freezing")
+        self.encoder.set_frozen(frozen)
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise ValueError for a wrong rank, channel count or a too-small image."""
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"UNet expects input (N, {self.in_channels}, H, W), got {tuple(x.shape)}; "
-                             "check model.in_channels against the images")
+        """Raise ValueError for a wrong rank, channel count or (plain encoder) a too-small image."""
+        check_image_batch(x, self.in_channels, "UNet")
+        if self.encoder is not None:
+            return
         h, w = x.shape[-2:]
         minimum = 2 ** self.depth
         if h < minimum or w < minimum:
@@ -165,6 +246,8 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        if self.encoder is not None:
+            return self._decode(self.encoder(x), x.shape[-2:])
         x = self.inc(x)
         skips = [x]
         for down in self.downs:
@@ -173,3 +256,11 @@ class UNet(nn.Module):
         for up in self.ups:
             x = up(x, skips.pop())
         return self.outc(x)
+
+    def _decode(self, features: List[torch.Tensor], size: Tuple[int, int]) -> torch.Tensor:
+        """Backbone decoder: from the deepest features up through each skip, the last step to ``size``."""
+        *skips, x = features
+        for block in self.blocks:
+            skip = skips.pop() if skips else None
+            x = block(x, skip.shape[-2:] if skip is not None else size, skip)
+        return self.head(x)

@@ -51,5 +51,5 @@ def test_project_registries_are_filled_on_import() -> None:
     assert {"bce", "ce", "dice"} <= set(LOSSES.names())
     assert {"resize", "random_resized_crop", "random_crop", "hflip", "vflip", "rotate", "color_jitter",
             "gaussian_blur", "normalize"} <= set(TRANSFORMS.names())
-    with pytest.raises(KeyError, match="valid model names: unet"):
+    with pytest.raises(KeyError, match="valid model names: .*unet"):
         MODELS.build("segformer")
