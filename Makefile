@@ -38,6 +38,7 @@ demo-multiclass: venv
 
 bench: venv
 	$(PY) bench/train_overhead.py
+	$(PY) bench/data_throughput.py
 
 clean:
 	rm -rf checkpoint results data/demo data/demo_multiclass

@@ -31,6 +31,7 @@ from datasets.check import check_dataset, format_report
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.class_stats import CLASS_STATS_FILE, cached_class_counts, class_weights, format_weights
 from utils.config import Config, ConfigError, load_config, save_config
+from utils.constants import IGNORE_INDEX
 from utils.fileio import write_json
 from utils.inference import labels_from_logits
 from utils.losses import CombinedLoss, build_loss
@@ -193,6 +194,20 @@ class StopFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def classification_guidance_loss(model: torch.nn.Module, masks: torch.Tensor) -> Optional[torch.Tensor]:
+    """BCE for a classification-guided head (UNet 3+ CGM): does the image hold any foreground?
+
+    Models with such a head expose the (N, 2) [absent, present] logits of the last
+    forward as ``last_cls_logits``; others return None here.
+    """
+    cls_logits = getattr(model, "last_cls_logits", None)
+    if cls_logits is None:
+        return None
+    present = ((masks > 0) & (masks != IGNORE_INDEX)).flatten(1).any(dim=1).long()
+    target = torch.nn.functional.one_hot(present, 2).to(cls_logits.dtype)
+    return torch.nn.functional.binary_cross_entropy_with_logits(cls_logits.float(), target)
+
+
 def train_one_epoch(model: torch.nn.Module, loader: DataLoader, criterion: CombinedLoss,
                     optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
                     device: torch.device, epoch: int, cfg: Config, stop: StopFlag) -> Dict[str, Any]:
@@ -207,8 +222,13 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, criterion: Combi
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-            logits = model(images)
-        loss, parts = criterion(logits.float(), masks)
+            outputs = model(images)
+        outputs = [o.float() for o in outputs] if isinstance(outputs, (list, tuple)) else outputs.float()
+        loss, parts = criterion(outputs, masks)
+        cls_loss = classification_guidance_loss(model, masks)
+        if cls_loss is not None:
+            loss = loss + cls_loss
+            parts = {**parts, "cls": cls_loss.item()}
         if not torch.isfinite(loss):
             raise FloatingPointError(f"epoch {epoch}: loss is {loss.item()} (parts {parts}); lower optimizer.lr "
                                      "or check the masks with the data check")
@@ -322,6 +342,12 @@ def run(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
     train_ds, val_ds = build_datasets(cfg)
     train_loader, val_loader = build_loaders(cfg, train_ds, val_ds, device)
     model = build_model(cfg).to(device)
+    if cfg.train.freeze_encoder_epochs:
+        try:
+            model.set_encoder_frozen(False)
+        except (AttributeError, ValueError) as exc:
+            raise ConfigError(f"{cfg.source}: train.freeze_encoder_epochs: model {cfg.model.name!r} has no "
+                              f"encoder to freeze ({exc}); set it to 0") from None
     criterion = build_loss(resolve_class_weights(cfg, train_ds, run_dir))
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
@@ -353,6 +379,8 @@ def run(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
     epoch = start_epoch - 1
     try:
         for epoch in range(start_epoch, cfg.train.epochs + 1):
+            if cfg.train.freeze_encoder_epochs:
+                model.set_encoder_frozen(epoch <= cfg.train.freeze_encoder_epochs)
             stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, scaler, device,
                                     epoch, cfg, stop)
             if stats["interrupted"]:
@@ -408,7 +436,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stdout.write(format_report(report) + "\n")
         return report.exit_code
     setup_logging(cfg.run_dir / "train.log")
-    summary = run(cfg, resume=args.resume)
+    try:
+        summary = run(cfg, resume=args.resume)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
     return 130 if summary["interrupted"] else 0
 
 

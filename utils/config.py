@@ -105,6 +105,8 @@ class TrainConfig:
     monitor: str = "miou"
     monitor_mode: Literal["max", "min"] = "max"
     grad_clip: Optional[float] = None
+    freeze_encoder_epochs: int = 0
+    deep_supervision_weights: Optional[List[float]] = None
     checkpoint_dir: str = "checkpoint"
     log_images: int = 4
     tensorboard: bool = True
