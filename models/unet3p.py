@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.unet import DoubleConv
-from models.unetpp import check_input, check_positive, init_weights
+from models.unet import DoubleConv, init_weights
+from models.unetpp import check_input, check_positive
 from utils.registry import MODELS
 
 LEVELS = 5  # encoder levels X_En^1 .. X_En^5

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.unet import DoubleConv
+from models.unet import DoubleConv, init_weights
 from utils.registry import MODELS
 
 LEVELS = 5  # encoder levels X^{0,0} .. X^{4,0}
@@ -71,18 +71,6 @@ def check_positive(model_name: str, **values: int) -> None:
     for name, value in values.items():
         if value < 1:
             raise ValueError(f"{model_name}: {name} must be at least 1, got {value}")
-
-
-def init_weights(model: nn.Module) -> None:
-    """Kaiming-normal convolutions (ReLU gain), unit BatchNorm, zero biases."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 class UpTo(nn.Module):
