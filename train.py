@@ -348,7 +348,7 @@ def run(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
         except (AttributeError, ValueError) as exc:
             raise ConfigError(f"{cfg.source}: train.freeze_encoder_epochs: model {cfg.model.name!r} has no "
                               f"encoder to freeze ({exc}); set it to 0") from None
-    criterion = build_loss(resolve_class_weights(cfg, train_ds, run_dir))
+    criterion = build_loss(resolve_class_weights(cfg, train_ds, run_dir), cfg.train.deep_supervision_weights)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp and device.type == "cuda")

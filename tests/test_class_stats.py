@@ -125,7 +125,7 @@ def test_training_with_median_frequency_weights(tmp_path: Path, monkeypatch: pyt
     config.write_text(yaml.safe_dump(raw))
     built = []
     real_build = train.build_loss
-    monkeypatch.setattr(train, "build_loss", lambda specs: built.append(specs) or real_build(specs))
+    monkeypatch.setattr(train, "build_loss", lambda specs, *a: built.append(specs) or real_build(specs, *a))
 
     assert train.main(["--config", str(config)]) == 0
     run_dir = tmp_path / "checkpoint" / "unit"
