@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help venv test demo demo-data demo-multiclass bench clean
+.PHONY: help venv test demo demo-data demo-multiclass bench bench-models clean
 
 help:
 	@echo "make demo   - venv + install, generate demo data, train, test, print where results are"
@@ -39,6 +39,9 @@ demo-multiclass: venv
 bench: venv
 	$(PY) bench/train_overhead.py
 	$(PY) bench/data_throughput.py
+
+bench-models: venv
+	$(PY) bench/models.py
 
 clean:
 	rm -rf checkpoint results data/demo data/demo_multiclass
