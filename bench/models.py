@@ -19,8 +19,8 @@ markdown table:
   mark (Linux ``VmHWM``, reset through ``/proc/self/clear_refs`` and with the
   freed heap handed back by ``malloc_trim`` first), so it covers activations,
   gradients, saved tensors and oneDNN workspaces, and includes allocator
-  overhead; on CUDA it is ``torch.cuda.max_memory_allocated`` above the bytes
-  allocated before.
+  overhead and one-time first-call allocations (kernel caches); on CUDA it is
+  ``torch.cuda.max_memory_allocated`` above the bytes allocated before.
 
 Every configuration runs in a fresh Python process, so that one model's
 allocator state cannot distort the next one's memory figure and an error (or
@@ -30,8 +30,11 @@ Timing stops after ``--repeats`` timed runs or as soon as ``--budget`` seconds
 of timed runs have passed, whichever comes first, with at least one: heavy
 models (UNet 3+ takes about 20 s per forward and 70 s per forward + backward
 at batch 4, 256 x 256, on 2 CPU threads) get a single timed run; the notes
-column gives the counts. A full CPU run with the defaults takes about 10
-minutes on 2 cores, half of it the two UNet 3+ rows.
+column gives the counts and the share of the timed runs' time during which
+a runnable task waited for a CPU (Linux PSI): well above 0% means other
+processes competed for the cores and the throughput is understated. A full
+CPU run with the defaults takes about 12 minutes on 2 cores, 6 of them the two
+UNet 3+ rows.
 
     python bench/models.py [--models unet unet3p ...] [--size 256] [--batch 4] [--repeats 3]
                            [--budget 10] [--threads 2] [--device auto] [--quick]
@@ -43,7 +46,6 @@ import ctypes
 import gc
 import json
 import logging
-import os
 import statistics
 import subprocess
 import sys
@@ -108,6 +110,7 @@ REFERENCES = [
 
 
 def synchronize(device: torch.device) -> None:
+    """Wait for queued CUDA work (a no-op on CPU), so that timings cover it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -277,15 +280,18 @@ def run_in_subprocess(key: str, args: argparse.Namespace, device: str) -> Dict[s
 
 
 def describe(spec: Spec) -> str:
+    """The registry call that builds ``spec``, as inline code."""
     arguments = ", ".join(f"{name}={value!r}" for name, value in spec.kwargs.items())
     return f"`{spec.model}({arguments})`"
 
 
 def throughput(times: Optional[List[float]], batch: int) -> str:
+    """Images/s of the median run, or a dash when not measured."""
     return f"{batch / statistics.median(times):.2f}" if times else "—"
 
 
 def mebibytes(value: Optional[int]) -> str:
+    """Bytes as MiB, or n/a when unknown."""
     return "n/a" if value is None else f"{value / 2 ** 20:,.0f}"
 
 
@@ -305,6 +311,7 @@ def timing_note(result: Dict[str, Any], kind: str) -> str:
 
 
 def notes(spec: Spec, result: Dict[str, Any]) -> str:
+    """Timed-run counts, CPU wait and, for pruned UNet++, the parameters its evaluation forward uses."""
     forward = "fwd: " + timing_note(result, "fwd")
     if spec.eval_only:
         return (f"{forward}; eval fast mode, {result['used_params'] / 1e6:.2f}M params used "
@@ -313,6 +320,7 @@ def notes(spec: Spec, result: Dict[str, Any]) -> str:
 
 
 def table_row(spec: Spec, result: Dict[str, Any], batch: int) -> List[str]:
+    """The cells of ``spec``'s row; an error fills the figures with dashes and the notes with its message."""
     if "error" in result:
         message = " ".join(str(result["error"]).split()).replace("|", "\\|")[:300]
         return [spec.key, describe(spec)] + ["—"] * 9 + [f"error: {message}"]
@@ -324,6 +332,7 @@ def table_row(spec: Spec, result: Dict[str, Any], batch: int) -> List[str]:
 
 
 def render_table(rows: List[List[str]], args: argparse.Namespace) -> str:
+    """The markdown table: a header naming the input size and batch, then one line per row."""
     s, b = args.size, args.batch
     header = ["model", "configuration", "params", "params (M)", "paper (M)", "Δ vs paper",
               f"GFLOPs fwd 1×3×{s}×{s}", f"fwd img/s (b{b})", f"fwd+bwd img/s (b{b})",
@@ -333,7 +342,8 @@ def render_table(rows: List[List[str]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def method_notes(args: argparse.Namespace, device: str, loads: List[float], seconds: float) -> str:
+def method_notes(args: argparse.Namespace, device: str, seconds: float) -> str:
+    """Markdown bullets stating how every column was measured."""
     memory = ("growth of the process's resident-set high-water mark (VmHWM) during the warm-up call, "
               "fresh process per model" if device == "cpu" else
               "torch.cuda.max_memory_allocated above the bytes allocated before the warm-up call")
@@ -350,8 +360,7 @@ def method_notes(args: argparse.Namespace, device: str, loads: List[float], seco
         "CPU (Linux PSI /proc/pressure/cpu); well above 0% means other processes competed for the cores "
         "(or --threads exceeds them) and the throughput is understated.",
         "Paper counts: " + "; ".join(REFERENCES) + ".",
-        f"Run: {seconds / 60:.1f} min; 1-minute load average {loads[0]:.2f} at the start, {loads[1]:.2f} at the "
-        "end (other busy processes on the machine lower the throughput figures).",
+        f"Whole run: {seconds / 60:.1f} min.",
     ]
     return "\n".join(f"- {line}" for line in lines)
 
@@ -385,16 +394,15 @@ def main(argv: Optional[List[str]] = None) -> None:
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    rows, loads, run_start = [], [os.getloadavg()[0]], time.perf_counter()
+    rows, run_start = [], time.perf_counter()
     for key in args.models:
         start = time.perf_counter()
         result = run_in_subprocess(key, args, device)
         logger.info("%s: %.0f s%s", key, time.perf_counter() - start, " (error)" if "error" in result else "")
         rows.append(table_row(SPECS_BY_KEY[key], result, args.batch))
-    loads.append(os.getloadavg()[0])
     print(render_table(rows, args))
     print()
-    print(method_notes(args, device, loads, time.perf_counter() - run_start))
+    print(method_notes(args, device, time.perf_counter() - run_start))
 
 
 if __name__ == "__main__":
