@@ -211,3 +211,31 @@ def test_exponent_floats_without_a_dot(binary_folder: Path) -> None:
     assert cfg.optimizer.lr == 1e-4 and cfg.optimizer.weight_decay == 5e-5
     with pytest.raises(ConfigError, match="expected float"):
         config_from_dict(minimal_config(binary_folder, optimizer={"lr": "fast"}), source="x.yaml")
+
+
+def test_switching_model_on_command_line_drops_only_the_old_models_options(
+        tmp_path: Path, binary_folder: Path, caplog: pytest.LogCaptureFixture) -> None:
+    raw = minimal_config(binary_folder, model={"base_channels": 8, "depth": 3})
+    path = write_yaml(tmp_path / "exp.yaml", raw)
+    with caplog.at_level("WARNING", logger="utils.config"):
+        cfg = load_config(path, ["model.name=deeplabv3", "model.encoder=resnet18"])
+    assert cfg.model.name == "deeplabv3"
+    assert cfg.model.options == {"encoder": "resnet18"}
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert "model.base_channels=8 applies to 'unet', not to 'deeplabv3'" in messages[0]
+    assert "model.depth=3" in messages[1] and str(path) in messages[1]
+    # UNet++ takes base_channels but has no depth option: only depth is dropped.
+    assert load_config(path, ["model.name=unetpp"]).model.options == {"base_channels": 8}
+
+
+def test_switching_model_keeps_strict_checks(tmp_path: Path, binary_folder: Path) -> None:
+    # A misspelled key in the file is not the old model's option: still an error, naming the file.
+    raw = minimal_config(binary_folder, model={"base_chanels": 8})
+    path = write_yaml(tmp_path / "typo.yaml", raw)
+    with pytest.raises(ConfigError, match=rf"{path}: model: unknown key 'base_chanels'"):
+        load_config(path, ["model.name=fcn"])
+    # An option of the old model given on the command line is the user's explicit ask: an error naming that flag.
+    good = write_yaml(tmp_path / "good.yaml", minimal_config(binary_folder))
+    with pytest.raises(ConfigError, match=r"--set model.base_channels: model: unknown key 'base_channels'"):
+        load_config(good, ["model.name=fcn", "model.base_channels=8"])

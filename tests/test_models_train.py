@@ -51,3 +51,30 @@ def test_model_trains_two_epochs_and_predicts(key: str, demo_root: Path, tmp_pat
     assert load_test_script().main(["--config", config, "--set", *overrides, "--output", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_images"] == 2 and 0.0 <= summary["metrics"]["pixel_accuracy"] <= 1.0
+
+
+SWITCHES = ["deeplabv3", "deeplabv3plus", "fcn", "unet3p", "unetpp"]
+
+
+def test_every_registered_model_is_switched_to_below() -> None:
+    import models  # noqa: F401 - fills the registry
+    from utils.registry import MODELS
+
+    assert sorted(MODELS.names()) == sorted(["unet", *SWITCHES]), "add the new model to SWITCHES"
+
+
+@pytest.mark.parametrize("name", SWITCHES)
+def test_model_name_switch_on_demo_yaml(name: str, demo_root: Path, tmp_path: Path) -> None:
+    """`--set model.name=X` on configs/demo.yaml is all it takes, with each model's default options."""
+    overrides: List[str] = [
+        f"data.root={demo_root}", f"model.name={name}", "train.epochs=2", "train.batch_size=4",
+        "train.val_batch_size=2", "train.progress=false", "train.tensorboard=false",
+        f"train.checkpoint_dir={tmp_path / 'checkpoint'}",
+        "transforms.train.0.size=32", "transforms.val.0.size=32"]
+    config = str(REPO / "configs" / "demo.yaml")
+    assert train.main(["--config", config, "--set", *overrides]) == 0
+    state = torch.load(tmp_path / "checkpoint" / "demo" / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["config"]["model"]["name"] == name
+    out = tmp_path / "results"
+    assert load_test_script().main(["--config", config, "--set", *overrides, "--output", str(out)]) == 0
+    assert len(list((out / "masks").glob("*.png"))) == 2

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import logging
 import os
 import re
 import typing
@@ -37,6 +38,7 @@ import yaml
 from utils.fileio import write_text
 from utils.registry import DATASETS, LOSSES, MODELS, TRANSFORMS, Registry
 
+log = logging.getLogger(__name__)
 
 class ConfigError(ValueError):
     """A config problem; the message names the source, the key and the fix."""
@@ -333,10 +335,11 @@ def _suggest(name: str, valid: Sequence[str]) -> str:
 
 
 def _unknown_key(ctx: _Context, keypath: str, key: str, valid: Sequence[str]) -> ConfigError:
-    return ctx.error(
-        keypath,
-        f"unknown key {key!r}{_suggest(key, valid)}; valid keys here: {', '.join(sorted(valid))}",
-    )
+    # The source is looked up for the key itself, so that of two --set flags
+    # under one section the one that brought the unknown key is named.
+    source = ctx.where(f"{keypath}.{key}" if keypath and not keypath.startswith("<") else str(key))
+    return ConfigError(f"{source}: {keypath}: unknown key {key!r}{_suggest(key, valid)}; "
+                       f"valid keys here: {', '.join(sorted(valid))}")
 
 
 def _checked(ctx: _Context, keypath: str, value: Any, tp: Any) -> Any:
@@ -600,8 +603,40 @@ def load_config(path: Union[str, Path], overrides: Sequence[str] = (), check_pat
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a mapping of sections, got {_describe_value(raw)}")
+    file_model = raw.get("model", {}).get("name") if isinstance(raw.get("model"), dict) else None
     keys = apply_overrides(raw, overrides)
+    drop_foreign_model_options(raw, file_model, keys, str(path))
     return config_from_dict(raw, source=str(path), overridden=keys, check_paths=check_paths)
+
+
+def drop_foreign_model_options(raw: Dict[str, Any], file_model: Any, overridden: Sequence[str],
+                               source: str) -> List[str]:
+    """After ``--set model.name=X``, drop the file's options that only its own model takes.
+
+    ``configs/demo.yaml`` sets ``base_channels: 16`` for ``unet``;
+    ``--set model.name=deeplabv3`` should train DeepLabV3 with its defaults
+    rather than fail on an option DeepLabV3 does not have. Only options that
+    the file's model accepts and the new one does not are dropped (each with a
+    warning): a misspelled key in the file, or a foreign option given with
+    ``--set``, still fails validation. Returns the dropped keys.
+    """
+    model = raw.get("model")
+    if "model.name" not in overridden or not isinstance(model, dict):
+        return []
+    new_model = model.get("name")
+    _ensure_registries()
+    if new_model == file_model or file_model not in MODELS or new_model not in MODELS:
+        return []
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    old_params = _signature_params(MODELS.get(file_model), _MODEL_PROVIDED)
+    new_params = _signature_params(MODELS.get(new_model), _MODEL_PROVIDED)
+    dropped = [key for key in model
+               if key not in fields and key in old_params and key not in new_params
+               and f"model.{key}" not in overridden]
+    for key in dropped:
+        log.warning("%s: model.%s=%r applies to %r, not to %r (--set model.name); dropped",
+                    source, key, model.pop(key), file_model, new_model)
+    return dropped
 
 
 def save_config(cfg: Config, path: Union[str, Path]) -> Path:
