@@ -101,7 +101,7 @@ def iter_samples(cfg: Config, input_dir: Optional[str]) -> Tuple[int, Iterator[S
 
 
 def predict(model: torch.nn.Module, image: torch.Tensor, transforms: Callable, device: torch.device,
-            threshold: float, amp: bool) -> np.ndarray:
+            threshold: float, amp: str) -> np.ndarray:
     """(H, W) int64 class indices at the image's original size."""
     size = tuple(image.shape[-2:])
     x, _ = transforms(image, None)

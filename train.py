@@ -33,6 +33,7 @@ from utils.class_stats import CLASS_STATS_FILE, cached_class_counts, class_weigh
 from utils.config import Config, ConfigError, load_config, save_config
 from utils.constants import IGNORE_INDEX
 from utils.fileio import write_json
+from utils.amp import autocast, grad_scaler, resolve_amp
 from utils.inference import labels_from_logits
 from utils.losses import CombinedLoss, build_loss
 from utils.metrics import ConfusionMatrix, format_metrics
@@ -213,7 +214,7 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, criterion: Combi
                     device: torch.device, epoch: int, cfg: Config, stop: StopFlag) -> Dict[str, Any]:
     """One pass over ``loader``; returns mean loss, its parts, images/s and whether it was cut short."""
     model.train()
-    use_amp = scaler.is_enabled()
+    amp = resolve_amp(cfg.train.amp, device, warn=False)
     total_loss, parts_sum, seen, steps = 0.0, {}, 0, 0
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, dynamic_ncols=True,
@@ -221,7 +222,7 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, criterion: Combi
     for images, masks in bar:
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        with autocast(device, amp):
             outputs = model(images)
         outputs = [o.float() for o in outputs] if isinstance(outputs, (list, tuple)) else outputs.float()
         loss, parts = criterion(outputs, masks)
@@ -259,7 +260,7 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, criterion: Combi
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
-             threshold: float = 0.5, class_names: Optional[List[str]] = None, amp: bool = False,
+             threshold: float = 0.5, class_names: Optional[List[str]] = None, amp: str = "off",
              num_images: int = 0, palette: Optional[np.ndarray] = None) -> Tuple[Dict[str, Any], List[np.ndarray]]:
     """Metrics over the whole split from one confusion matrix, and up to
     ``num_images`` (image | ground truth | prediction) strips for TensorBoard."""
@@ -270,7 +271,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, n
     for images, masks in loader:
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
+        with autocast(device, resolve_amp(amp, device, warn=False)):
             logits = model(images)
         preds = labels_from_logits(logits.float(), threshold)
         cm.update(preds, masks)
@@ -351,7 +352,7 @@ def run(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
     criterion = build_loss(resolve_class_weights(cfg, train_ds, run_dir), cfg.train.deep_supervision_weights)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp and device.type == "cuda")
+    scaler = grad_scaler(device, resolve_amp(cfg.train.amp, device))
     class_names, palette = class_info(cfg)
 
     start_epoch, best, history = 1, None, []

@@ -136,7 +136,7 @@ def test_overrides_are_yaml_typed_and_validated(tmp_path: Path, binary_folder: P
     path = write_yaml(tmp_path / "exp.yaml", minimal_config(binary_folder))
     cfg = load_config(path, ["train.epochs=7", "optimizer.lr=1e-2", "train.amp=false", "model.depth=3",
                              "transforms.train.0.p=0.25", "data.class_names=[bg, fg]"])
-    assert cfg.train.epochs == 7 and cfg.optimizer.lr == 0.01 and cfg.train.amp is False
+    assert cfg.train.epochs == 7 and cfg.optimizer.lr == 0.01 and cfg.train.amp == "off"
     assert cfg.model.options["depth"] == 3
     assert cfg.transforms.train[0] == {"name": "hflip", "p": 0.25}
     assert cfg.data.class_names == ["bg", "fg"]

@@ -100,10 +100,21 @@ class SchedulerConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 50
+    iterations: Optional[int] = None          # set: iteration-based, val_interval counts iterations
     batch_size: int = 8
     val_batch_size: int = 1
     val_interval: int = 1
-    amp: bool = True
+    # bf16 | fp16 | off. YAML 1.1 reads a bare `off` as false, so false means off
+    # and true means fp16 (the meaning amp: true had before the modes existed).
+    amp: Union[Literal["bf16", "fp16", "off"], bool] = "off"
+    channels_last: bool = False
+    compile: bool = False
+    cudnn_benchmark: bool = True
+    sync_bn: bool = False
+    accumulate: int = 1                       # optimizer step every N batches
+    ema: Optional[float] = None               # EMA decay of the weights, e.g. 0.999
+    ema_eval: bool = True                     # with ema: validate and save best.pt from the EMA weights
+    early_stop: Optional[int] = None          # stop after N validations without improvement
     monitor: str = "miou"
     monitor_mode: Literal["max", "min"] = "max"
     grad_clip: Optional[float] = None
@@ -113,6 +124,19 @@ class TrainConfig:
     log_images: int = 4
     tensorboard: bool = True
     progress: bool = True
+
+
+@dataclass
+class InferenceConfig:
+    """How validation and test.py predict: whole image or sliding window, with TTA."""
+    mode: Literal["whole", "slide"] = "whole"
+    tile: Optional[Union[int, Tuple[int, int]]] = None   # slide: tile (h, w) or one side, network-input pixels
+    overlap: float = 0.5                     # slide: fraction of a tile shared with its neighbour
+    gaussian: bool = True                    # slide: weight tiles by a Gaussian centred on each tile
+    tile_batch: int = 4                      # slide: tiles per forward pass
+    flips: List[Literal["h", "v"]] = field(default_factory=list)   # TTA flips, e.g. [h, v]
+    scales: List[float] = field(default_factory=lambda: [1.0])      # TTA scales, e.g. [0.75, 1.0, 1.25]
+    stitch_device: Literal["auto", "cpu", "device"] = "auto"        # where the probability map is summed
 
 
 @dataclass
@@ -136,7 +160,9 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     test: TestConfig = field(default_factory=TestConfig)
+    deterministic: bool = False
     source: str = field(default="<dict>", compare=False)
 
     @property
@@ -484,6 +510,7 @@ def config_from_dict(raw: Any, source: str = "<dict>", overridden: Sequence[str]
     cfg.optimizer, _ = _build_dataclass(ctx, OptimizerConfig, "optimizer", raw.get("optimizer"))
     cfg.scheduler, _ = _build_dataclass(ctx, SchedulerConfig, "scheduler", raw.get("scheduler"))
     cfg.train, _ = _build_dataclass(ctx, TrainConfig, "train", raw.get("train"))
+    cfg.inference, _ = _build_dataclass(ctx, InferenceConfig, "inference", raw.get("inference"))
     cfg.test, _ = _build_dataclass(ctx, TestConfig, "test", raw.get("test"))
 
     _check_consistency(ctx, cfg, dataset_cls, check_paths)
@@ -522,6 +549,29 @@ def _check_consistency(ctx: _Context, cfg: Config, dataset_cls: Any, check_paths
                            ("train.val_interval", cfg.train.val_interval)):
         if value < 1:
             raise ctx.error(keypath, f"must be at least 1, got {value}")
+    for keypath, value in (("train.accumulate", cfg.train.accumulate),
+                           ("inference.tile_batch", cfg.inference.tile_batch)):
+        if value < 1:
+            raise ctx.error(keypath, f"must be at least 1, got {value}")
+    for keypath, value in (("train.iterations", cfg.train.iterations), ("train.early_stop", cfg.train.early_stop)):
+        if value is not None and value < 1:
+            raise ctx.error(keypath, f"must be at least 1 (or null), got {value}")
+    if cfg.train.ema is not None and not 0.0 < cfg.train.ema < 1.0:
+        raise ctx.error("train.ema", f"is the EMA decay and must lie strictly between 0 and 1 "
+                        f"(e.g. 0.999), got {cfg.train.ema}")
+    if isinstance(cfg.train.amp, bool):
+        cfg.train.amp = "fp16" if cfg.train.amp else "off"
+    inf = cfg.inference
+    if isinstance(inf.tile, int):
+        inf.tile = (inf.tile, inf.tile)
+    if inf.mode == "slide" and inf.tile is None:
+        raise ctx.error("inference.tile", "mode: slide needs a tile size, e.g. inference.tile: [512, 1024]")
+    if inf.tile is not None and min(inf.tile) < 1:
+        raise ctx.error("inference.tile", f"sizes must be positive, got {list(inf.tile)}")
+    if not 0.0 <= inf.overlap < 1.0:
+        raise ctx.error("inference.overlap", f"must lie in [0, 1), got {inf.overlap}")
+    if not inf.scales or min(inf.scales) <= 0:
+        raise ctx.error("inference.scales", f"needs positive scales, got {inf.scales}")
     if cfg.data.num_workers != "auto" and cfg.data.num_workers < 0:
         raise ctx.error("data.num_workers", f"must be 0 or more, got {cfg.data.num_workers}")
     if cfg.optimizer.lr <= 0:

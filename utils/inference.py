@@ -11,6 +11,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from utils.amp import autocast, resolve_amp
+
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
     """Sigmoid for 1-channel logits, softmax over channels otherwise.
@@ -44,12 +46,12 @@ def labels_from_logits(logits: torch.Tensor, threshold: float = 0.5) -> torch.Te
 @torch.inference_mode()
 def predict_probabilities(model: torch.nn.Module, image: torch.Tensor,
                           out_size: Optional[Tuple[int, int]] = None,
-                          amp: bool = False) -> torch.Tensor:
+                          amp: str = "off") -> torch.Tensor:
     """Probabilities for a batch, resized (bilinear) to ``out_size`` if given.
 
     Shape: image (N, C_in, H, W) -> (N, C, *out_size) float32 on image's device.
     """
-    with torch.autocast(device_type=image.device.type, enabled=amp and image.device.type == "cuda"):
+    with autocast(image.device, resolve_amp(amp, image.device, warn=False)):
         logits = model(image)
     probs = probabilities(logits)
     if out_size is not None and tuple(probs.shape[-2:]) != tuple(out_size):
