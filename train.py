@@ -12,6 +12,7 @@ and exits with status 130; ``--resume`` continues at the next epoch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -19,12 +20,14 @@ import random
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from datasets.check import check_dataset, format_report
@@ -32,9 +35,12 @@ from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.class_stats import CLASS_STATS_FILE, cached_class_counts, class_weights, format_weights
 from utils.config import Config, ConfigError, load_config, save_config
 from utils.constants import IGNORE_INDEX
+from utils.distributed import DistInfo, ShardSampler, any_rank, init_distributed, mean_over_ranks
+from utils.distributed import cleanup as cleanup_distributed
+from utils.ema import ModelEMA
 from utils.fileio import write_json
 from utils.amp import autocast, grad_scaler, resolve_amp
-from utils.inference import labels_from_logits
+from utils.inference import labels_from_logits, labels_from_probabilities, predict_probabilities
 from utils.losses import CombinedLoss, build_loss
 from utils.metrics import ConfusionMatrix, format_metrics
 from utils.registry import DATASETS, MODELS
@@ -48,13 +54,13 @@ log = logging.getLogger("train")
 # ----------------------------------------------------------------- setup
 
 
-def setup_logging(log_file: Optional[Path] = None) -> None:
+def setup_logging(log_file: Optional[Path] = None, level: int = logging.INFO) -> None:
     """Log lines to stderr and, when given, to ``log_file``."""
     handlers: List[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", handlers=handlers, force=True)
 
 
@@ -110,18 +116,36 @@ def resolve_num_workers(setting: Any, device: torch.device) -> int:
     return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
-def build_loaders(cfg: Config, train_ds: Dataset, val_ds: Dataset, device: torch.device) -> Tuple[DataLoader, DataLoader]:
-    if len(train_ds) < cfg.train.batch_size:
-        raise ValueError(f"{cfg.data.root}: the train split has {len(train_ds)} images, fewer than "
+def build_loaders(cfg: Config, train_ds: Dataset, val_ds: Dataset, device: torch.device,
+                  info: Optional[DistInfo] = None) -> Tuple[DataLoader, DataLoader]:
+    """Shuffled training batches (``train.batch_size`` per process) and the validation split in order.
+
+    Under DDP the training set is split by a ``DistributedSampler`` (same seed on
+    every process, reshuffled each round) and the validation set by a
+    :class:`ShardSampler`, which never repeats a sample.
+    """
+    info = info or DistInfo()
+    per_process = len(train_ds) // info.world_size
+    if per_process < cfg.train.batch_size:
+        raise ValueError(f"{cfg.data.root}: the train split has {len(train_ds)} images, "
+                         f"{'fewer than' if info.world_size == 1 else f'{per_process} per process for {info.world_size} processes, fewer than'} "
                          f"train.batch_size={cfg.train.batch_size}; lower the batch size")
     workers = resolve_num_workers(cfg.data.num_workers, device)
     common: Dict[str, Any] = dict(num_workers=workers, pin_memory=device.type == "cuda",
                                   collate_fn=collate, worker_init_fn=_worker_init,
                                   persistent_workers=workers > 0)
     generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
-                              generator=generator, **common)
-    val_loader = DataLoader(val_ds, batch_size=cfg.train.val_batch_size, shuffle=False, **common)
+    if info.distributed:
+        sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                     seed=cfg.seed, drop_last=True)
+        train_loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True,
+                                  generator=generator, **common)
+        val_sampler = ShardSampler(val_ds, info.rank, info.world_size)
+        val_loader = DataLoader(val_ds, batch_size=cfg.train.val_batch_size, sampler=val_sampler, **common)
+    else:
+        train_loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
+                                  generator=generator, **common)
+        val_loader = DataLoader(val_ds, batch_size=cfg.train.val_batch_size, shuffle=False, **common)
     return train_loader, val_loader
 
 
@@ -165,10 +189,128 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
     return cls(groups, lr=o.lr, betas=tuple(o.betas))
 
 
-def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, iters_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                    total_steps: Optional[int] = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning-rate schedule over ``total_steps`` optimizer steps (default: every epoch's)."""
     s = cfg.scheduler
-    return build_lr_scheduler(optimizer, s.name, cfg.train.epochs * iters_per_epoch, iters_per_epoch,
-                              s.warmup_epochs, s.warmup_start_factor, s.power, s.min_lr, s.step_epochs, s.gamma)
+    total = total_steps if total_steps is not None else cfg.train.epochs * steps_per_epoch
+    warmup_epochs = s.warmup_epochs if s.warmup_iters is None else s.warmup_iters / max(steps_per_epoch, 1)
+    return build_lr_scheduler(optimizer, s.name, total, steps_per_epoch, warmup_epochs, s.warmup_start_factor,
+                              s.power, s.min_lr, s.step_epochs, s.gamma)
+
+
+# ----------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a run is cut into rounds: the stretch of training between two validations.
+
+    Epoch mode (``train.epochs``): round r is epoch r, ``steps_per_epoch``
+    optimizer steps; validation after every ``val_interval``-th round and the
+    last. Iteration mode (``train.iterations``): ``val_interval`` optimizer
+    steps per round (the last may be shorter), validation after each. An
+    optimizer step takes ``train.accumulate`` batches.
+    """
+
+    iteration_mode: bool
+    total_steps: int
+    steps_per_epoch: int
+    val_interval: int
+
+    @property
+    def rounds(self) -> int:
+        if self.iteration_mode:
+            return math.ceil(self.total_steps / self.val_interval)
+        return self.total_steps // self.steps_per_epoch
+
+    def steps_in(self, round_index: int) -> int:
+        """Optimizer steps in round ``round_index`` (1-based)."""
+        if self.iteration_mode:
+            return min(self.val_interval, self.total_steps - (round_index - 1) * self.val_interval)
+        return self.steps_per_epoch
+
+    def validates_after(self, round_index: int) -> bool:
+        return self.iteration_mode or round_index % self.val_interval == 0 or round_index == self.rounds
+
+    def label(self, round_index: int) -> str:
+        if self.iteration_mode:
+            done = min(round_index * self.val_interval, self.total_steps)
+            return f"iteration {done}/{self.total_steps}"
+        return f"epoch {round_index}/{self.rounds}"
+
+
+def make_plan(cfg: Config, batches_per_epoch: int) -> Plan:
+    steps_per_epoch = batches_per_epoch // cfg.train.accumulate
+    if steps_per_epoch < 1:
+        raise ConfigError(f"{cfg.source}: train.accumulate={cfg.train.accumulate} is more than the "
+                          f"{batches_per_epoch} batches of an epoch; lower it or the batch size")
+    if cfg.train.iterations is not None:
+        return Plan(True, cfg.train.iterations, steps_per_epoch, cfg.train.val_interval)
+    return Plan(False, cfg.train.epochs * steps_per_epoch, steps_per_epoch, cfg.train.val_interval)
+
+
+def round_seed(seed: int, round_index: int, rank: int = 0) -> int:
+    """The seed of round ``round_index`` on process ``rank``: a function of the three only, so a resumed
+    run draws the same shuffles and augmentations as one never stopped."""
+    return (seed * 1_000_003 + round_index * 9_973 + rank * 7_919) % 2**31
+
+
+def round_batches(loader: DataLoader, seed: int, round_index: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """Batches for one round: passes over ``loader`` as many as needed, each reshuffled, all fixed by the seed."""
+    if loader.generator is not None:
+        loader.generator.manual_seed(round_seed(seed, round_index))
+    passes = 0
+    while True:
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(round_index * 1000 + passes)
+        yield from loader
+        passes += 1
+
+
+def capture_rng() -> Dict[str, Any]:
+    """The global RNG states as plain values (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: Dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+                             "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def configure_runtime(cfg: Config, device: torch.device) -> Dict[str, Any]:
+    """Determinism and cuDNN settings for this run; returns the previous ones for :func:`restore_runtime`."""
+    previous = {"deterministic": torch.are_deterministic_algorithms_enabled(),
+                "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+                "cudnn_deterministic": torch.backends.cudnn.deterministic,
+                "cudnn_benchmark": torch.backends.cudnn.benchmark}
+    if cfg.deterministic:
+        # cuBLAS needs this before its first call to pick deterministic kernels.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # warn_only: some CUDA backward kernels (bilinear upsampling) have no deterministic
+        # version; they warn instead of stopping the run.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark and device.type == "cuda"
+    return previous
+
+
+def restore_runtime(previous: Dict[str, Any]) -> None:
+    torch.use_deterministic_algorithms(previous["deterministic"], warn_only=previous["warn_only"])
+    torch.backends.cudnn.deterministic = previous["cudnn_deterministic"]
+    torch.backends.cudnn.benchmark = previous["cudnn_benchmark"]
 
 
 # ----------------------------------------------------------------- loops
@@ -209,71 +351,143 @@ def classification_guidance_loss(model: torch.nn.Module, masks: torch.Tensor) ->
     return torch.nn.functional.binary_cross_entropy_with_logits(cls_logits.float(), target)
 
 
-def train_one_epoch(model: torch.nn.Module, loader: DataLoader, criterion: CombinedLoss,
-                    optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
-                    device: torch.device, epoch: int, cfg: Config, stop: StopFlag) -> Dict[str, Any]:
-    """One pass over ``loader``; returns mean loss, its parts, images/s and whether it was cut short."""
-    model.train()
+@dataclass
+class RoundStats:
+    """Running sums of a round; saved in ``last.pt`` when Ctrl-C cuts the round short."""
+
+    loss: float = 0.0
+    parts: Dict[str, float] = field(default_factory=dict)
+    seen: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+
+    def summary(self, lr: float, world_size: int = 1) -> Dict[str, Any]:
+        steps = max(self.steps, 1)
+        return {"loss": self.loss / steps, "loss_parts": {k: v / steps for k, v in self.parts.items()},
+                "images_per_s": self.seen * world_size / self.seconds if self.seconds > 0 else 0.0,
+                "seconds": self.seconds, "lr": lr}
+
+
+def train_round(model: torch.nn.Module, batches: Iterator[Tuple[torch.Tensor, torch.Tensor]], steps: int,
+                criterion: CombinedLoss, optimizer: torch.optim.Optimizer, scheduler: Any,
+                scaler: torch.amp.GradScaler, device: torch.device, cfg: Config, stop: StopFlag,
+                stats: Optional[RoundStats] = None, ema: Optional[ModelEMA] = None,
+                raw_model: Optional[torch.nn.Module] = None, label: str = "", show_progress: bool = True,
+                ) -> Tuple[RoundStats, bool]:
+    """Optimizer steps until ``stats.steps == steps``; returns the stats and whether Ctrl-C cut it short.
+
+    ``model`` is what runs the forward (possibly DDP-wrapped or compiled);
+    ``raw_model`` is the plain module underneath (classification head, EMA).
+    Each step takes ``train.accumulate`` batches, their losses divided by it
+    and their gradients summed (under DDP only the last one all-reduces); then
+    clipping, the optimizer, the scheduler and the EMA step once.
+    """
+    raw_model = model if raw_model is None else raw_model
+    stats = RoundStats() if stats is None else stats
+    accumulate = cfg.train.accumulate
     amp = resolve_amp(cfg.train.amp, device, warn=False)
-    total_loss, parts_sum, seen, steps = 0.0, {}, 0, 0
-    start = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, dynamic_ncols=True,
-               disable=not cfg.train.progress, mininterval=1.0)
-    for images, masks in bar:
-        images = images.to(device, non_blocking=True)
-        masks = masks.to(device, non_blocking=True)
-        with autocast(device, amp):
-            outputs = model(images)
-        outputs = [o.float() for o in outputs] if isinstance(outputs, (list, tuple)) else outputs.float()
-        loss, parts = criterion(outputs, masks)
-        cls_loss = classification_guidance_loss(model, masks)
-        if cls_loss is not None:
-            loss = loss + cls_loss
-            parts = {**parts, "cls": cls_loss.item()}
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"epoch {epoch}: loss is {loss.item()} (parts {parts}); lower optimizer.lr "
-                                     "or check the masks with the data check")
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model.train()
+    interrupted = False
+    bar = tqdm(total=steps, initial=stats.steps, desc=label, leave=False, dynamic_ncols=True,
+               disable=not (cfg.train.progress and show_progress), mininterval=1.0)
+    start = time.perf_counter() - stats.seconds
+    while stats.steps < steps:
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        step_loss, step_parts = 0.0, {}
+        for micro in range(accumulate):
+            images, masks = next(batches)
+            images = images.to(device, non_blocking=True, memory_format=memory_format)
+            masks = masks.to(device, non_blocking=True)
+            last = micro == accumulate - 1
+            sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not last \
+                else contextlib.nullcontext()
+            with sync:
+                with autocast(device, amp):
+                    outputs = model(images)
+                outputs = [o.float() for o in outputs] if isinstance(outputs, (list, tuple)) else outputs.float()
+                loss, parts = criterion(outputs, masks)
+                cls_loss = classification_guidance_loss(raw_model, masks)
+                if cls_loss is not None:
+                    loss = loss + cls_loss
+                    parts = {**parts, "cls": cls_loss.item()}
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{label}: loss is {loss.item()} (parts {parts}); lower optimizer.lr "
+                                             "or check the masks with the data check")
+                scaler.scale(loss / accumulate).backward()
+            step_loss += loss.item() / accumulate
+            for key, part in parts.items():
+                step_parts[key] = step_parts.get(key, 0.0) + part / accumulate
+            stats.seen += images.shape[0]
         if cfg.train.grad_clip is not None:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.train.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        value = loss.item()
-        total_loss += value
-        for key, part in parts.items():
-            parts_sum[key] = parts_sum.get(key, 0.0) + part
-        seen += images.shape[0]
-        steps += 1
-        bar.set_postfix(loss=f"{value:.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}", refresh=False)
-        if stop.stop:
+        if ema is not None:
+            ema.update(raw_model)
+        stats.loss += step_loss
+        for key, part in step_parts.items():
+            stats.parts[key] = stats.parts.get(key, 0.0) + part
+        stats.steps += 1
+        stats.seconds = time.perf_counter() - start
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}", img_s=f"{stats.seen / stats.seconds:.1f}", refresh=False)
+        if any_rank(stop.stop, device) and stats.steps < steps:
+            stop.stop = interrupted = True
             break
     bar.close()
-    elapsed = time.perf_counter() - start
-    steps = max(steps, 1)
-    return {"loss": total_loss / steps, "loss_parts": {k: v / steps for k, v in parts_sum.items()},
-            "images_per_s": seen / elapsed if elapsed > 0 else 0.0, "seconds": elapsed,
-            "lr": optimizer.param_groups[0]["lr"], "interrupted": stop.stop}
+    return stats, interrupted
+
+
+def train_one_epoch(model: torch.nn.Module, loader: DataLoader, criterion: CombinedLoss,
+                    optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
+                    device: torch.device, epoch: int, cfg: Config, stop: StopFlag) -> Dict[str, Any]:
+    """One pass over ``loader`` (as many whole accumulation steps as fit); the loop the benchmark times."""
+    steps = len(loader) // cfg.train.accumulate
+    stats, interrupted = train_round(model, iter(loader), steps, criterion, optimizer, scheduler, scaler, device,
+                                     cfg, stop, label=f"epoch {epoch}")
+    return {**stats.summary(optimizer.param_groups[0]["lr"]), "interrupted": interrupted}
+
+
+def predicts_whole(settings: Any) -> bool:
+    """True when ``cfg.inference`` asks for a plain forward of the whole image (no window, no TTA)."""
+    return (settings is None or (settings.mode == "whole" and not settings.flips
+                                 and list(settings.scales) == [1.0]))
 
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
              threshold: float = 0.5, class_names: Optional[List[str]] = None, amp: str = "off",
-             num_images: int = 0, palette: Optional[np.ndarray] = None) -> Tuple[Dict[str, Any], List[np.ndarray]]:
-    """Metrics over the whole split from one confusion matrix, and up to
-    ``num_images`` (image | ground truth | prediction) strips for TensorBoard."""
+             num_images: int = 0, palette: Optional[np.ndarray] = None, inference: Any = None,
+             channels_last: bool = False) -> Tuple[Dict[str, Any], List[np.ndarray]]:
+    """Metrics over the whole split from one confusion matrix (summed over processes under DDP), and up
+    to ``num_images`` (image | ground truth | prediction) strips for TensorBoard.
+
+    ``inference`` (``cfg.inference``) picks a plain forward or the sliding window
+    with TTA of :func:`utils.inference.predict_probabilities`; with the sliding
+    window the images stay on the CPU and only tiles go to the device.
+    """
     model.eval()
+    amp = resolve_amp(amp, device, warn=False)
+    whole = predicts_whole(inference)
     cm = ConfusionMatrix(num_classes, class_names=class_names)
     palette = default_palette(num_classes) if palette is None else palette
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     strips: List[np.ndarray] = []
     for images, masks in loader:
-        images = images.to(device, non_blocking=True)
-        masks = masks.to(device, non_blocking=True)
-        with autocast(device, resolve_amp(amp, device, warn=False)):
-            logits = model(images)
-        preds = labels_from_logits(logits.float(), threshold)
+        if whole:
+            images = images.to(device, non_blocking=True, memory_format=memory_format)
+            masks = masks.to(device, non_blocking=True)
+            with autocast(device, amp):
+                logits = model(images)
+            preds = labels_from_logits(logits.float(), threshold)
+        else:
+            if inference.mode == "whole":
+                images = images.to(device, non_blocking=True)
+            probs = predict_probabilities(model, images, amp=amp, settings=inference)
+            preds = labels_from_probabilities(probs, threshold).to(masks.device)
         cm.update(preds, masks)
         for i in range(min(num_images - len(strips), images.shape[0])):
             tiles = [to_display(images[i]), colorize(masks[i].cpu().numpy(), palette),
@@ -298,13 +512,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
-           epoch: int, best: Optional[float], history: List[Dict[str, Any]], cfg: Config) -> Dict[str, Any]:
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "epoch": epoch, "best_metric": best, "monitor": cfg.train.monitor,
-            "history": history, "config": cfg.to_dict()}
-
-
 def _is_better(value: Optional[float], best: Optional[float], mode: str) -> bool:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return False
@@ -313,36 +520,132 @@ def _is_better(value: Optional[float], best: Optional[float], mode: str) -> bool
     return value > best if mode == "max" else value < best
 
 
-def _log_tensorboard(writer: Any, epoch: int, train_stats: Dict[str, Any], metrics: Optional[Dict[str, Any]],
+def _log_tensorboard(writer: Any, step: int, train_stats: Dict[str, Any], metrics: Optional[Dict[str, Any]],
                      strips: List[np.ndarray]) -> None:
     if writer is None:
         return
-    writer.add_scalar("train/loss", train_stats["loss"], epoch)
+    writer.add_scalar("train/loss", train_stats["loss"], step)
     for key, value in train_stats["loss_parts"].items():
-        writer.add_scalar(f"train/loss_{key}", value, epoch)
-    writer.add_scalar("train/lr", train_stats["lr"], epoch)
-    writer.add_scalar("train/images_per_s", train_stats["images_per_s"], epoch)
+        writer.add_scalar(f"train/loss_{key}", value, step)
+    writer.add_scalar("train/lr", train_stats["lr"], step)
+    writer.add_scalar("train/images_per_s", train_stats["images_per_s"], step)
     if metrics is not None:
         for key, value in metrics.items():
             if isinstance(value, float):
-                writer.add_scalar(f"val/{key}", value, epoch)
+                writer.add_scalar(f"val/{key}", value, step)
     if strips:
         grid = make_grid(strips, columns=1)
-        writer.add_image("val/image_truth_prediction", grid, epoch, dataformats="HWC")
+        writer.add_image("val/image_truth_prediction", grid, step, dataformats="HWC")
     writer.flush()
 
 
+def prepare_model(cfg: Config, device: torch.device, info: DistInfo) -> torch.nn.Module:
+    """The model on ``device``: SyncBatchNorm when asked and possible, channels_last when asked."""
+    model = build_model(cfg)
+    if cfg.train.sync_bn:
+        if info.distributed and device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            log.info("train.sync_bn: BatchNorm statistics synchronised over %d processes", info.world_size)
+        else:
+            why = "it runs on CUDA only" if info.distributed else "this is a single process (no process group)"
+            log.warning("train.sync_bn: keeping plain BatchNorm, because %s", why)
+    model = model.to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def wrap_for_training(model: torch.nn.Module, cfg: Config, device: torch.device, info: DistInfo) -> torch.nn.Module:
+    """DDP under torchrun, then ``torch.compile`` when asked; the plain module stays what is saved."""
+    wrapped = model
+    if info.distributed:
+        # Frozen encoder epochs leave parameters without gradients; DDP must be told to expect that.
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                          find_unused_parameters=cfg.train.freeze_encoder_epochs > 0)
+    if cfg.train.compile:
+        wrapped = torch.compile(wrapped)
+    return wrapped
+
+
+class Run:
+    """Everything ``train.py`` keeps between rounds, and the checkpoint it writes."""
+
+    def __init__(self, cfg: Config, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 scaler: torch.amp.GradScaler, ema: Optional[ModelEMA]) -> None:
+        self.cfg, self.model, self.optimizer, self.scheduler, self.scaler, self.ema = \
+            cfg, model, optimizer, scheduler, scaler, ema
+        self.round = 0              # rounds completed
+        self.step = 0               # optimizer steps completed
+        self.best: Optional[float] = None
+        self.best_round: Optional[int] = None
+        self.history: List[Dict[str, Any]] = []
+        self.stale = 0              # validations since the best one (early stopping)
+        self.early_stopped = False
+
+    def state(self, partial: Optional[RoundStats] = None) -> Dict[str, Any]:
+        """The checkpoint: plain types and tensors only. ``partial`` marks a round cut short by Ctrl-C."""
+        cfg = self.cfg
+        state: Dict[str, Any] = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None, "ema_eval": cfg.train.ema_eval,
+            "round": self.round, "step": self.step,
+            "epoch": None if cfg.train.iterations is not None else self.round,
+            "best_metric": self.best, "best_round": self.best_round, "stale": self.stale,
+            "monitor": cfg.train.monitor, "history": self.history, "config": cfg.to_dict(),
+            "partial": None,
+        }
+        if partial is not None:
+            state["partial"] = {"round": self.round + 1, "loss": partial.loss, "parts": partial.parts,
+                                "seen": partial.seen, "steps": partial.steps, "seconds": partial.seconds,
+                                "rng": capture_rng()}
+        return state
+
+    def load(self, state: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """Restore from a checkpoint; returns its ``partial`` round, if any."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
+            else:
+                log.warning("the checkpoint has no EMA weights; the EMA starts from the current weights")
+        self.round = int(state.get("round", state.get("epoch") or 0))
+        self.step = int(state.get("step", 0))
+        self.best, self.best_round = state["best_metric"], state.get("best_round")
+        self.stale = int(state.get("stale", 0))
+        self.history = list(state["history"])
+        return state.get("partial")
+
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are validated: the EMA copy with ``train.ema_eval``, else the live model."""
+        return self.ema.module if self.ema is not None and self.cfg.train.ema_eval else self.model
+
+
 def run(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
-    """Train per ``cfg``; returns a summary (best metric, epochs done, interrupted)."""
+    """Train per ``cfg`` (one process, or one of a torchrun job); returns a summary."""
+    info, device = init_distributed(select_device(cfg.device))
+    previous_runtime = configure_runtime(cfg, device)
+    try:
+        return _run(cfg, resume, info, device)
+    finally:
+        restore_runtime(previous_runtime)
+        cleanup_distributed()
+
+
+def _run(cfg: Config, resume: Optional[str], info: DistInfo, device: torch.device) -> Dict[str, Any]:
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
-    device = select_device(cfg.device)
-    save_config(cfg, run_dir / "config.yaml")
+    seed_everything(round_seed(cfg.seed, 0, info.rank))
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
 
     train_ds, val_ds = build_datasets(cfg)
-    train_loader, val_loader = build_loaders(cfg, train_ds, val_ds, device)
-    model = build_model(cfg).to(device)
+    train_loader, val_loader = build_loaders(cfg, train_ds, val_ds, device, info)
+    plan = make_plan(cfg, len(train_loader))
+    model = prepare_model(cfg, device, info)
     if cfg.train.freeze_encoder_epochs:
         try:
             model.set_encoder_frozen(False)
@@ -351,65 +654,57 @@ def run(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
                               f"encoder to freeze ({exc}); set it to 0") from None
     criterion = build_loss(resolve_class_weights(cfg, train_ds, run_dir), cfg.train.deep_supervision_weights)
     optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer, len(train_loader))
-    scaler = grad_scaler(device, resolve_amp(cfg.train.amp, device))
+    scheduler = build_scheduler(cfg, optimizer, plan.steps_per_epoch, plan.total_steps)
+    amp = resolve_amp(cfg.train.amp, device, warn=info.is_main)
+    scaler = grad_scaler(device, amp)
+    ema = ModelEMA(model, cfg.train.ema) if cfg.train.ema is not None else None
+    state = Run(cfg, model, optimizer, scheduler, scaler, ema)
     class_names, palette = class_info(cfg)
 
-    start_epoch, best, history = 1, None, []
+    partial = None
     if resume is not None:
         path = Path(resume) if resume else run_dir / "last.pt"
-        state = load_checkpoint(path, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, best, history = state["epoch"] + 1, state["best_metric"], list(state["history"])
-        log.info("resumed from %s at epoch %d (best %s so far: %s)", path, start_epoch, cfg.train.monitor, best)
+        partial = state.load(load_checkpoint(path, map_location=device))
+        log.info("resumed from %s after %s (best %s so far: %s)", path, plan.label(state.round),
+                 cfg.train.monitor, state.best)
+    train_model = wrap_for_training(model, cfg, device, info)
 
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("experiment %s | %s on %s | %d train / %d val images | model %s (%.2fM params) | %d epochs",
-             cfg.experiment, cfg.data.name, device, len(train_ds), len(val_ds), cfg.model.name, n_params / 1e6,
-             cfg.train.epochs)
+    log.info("experiment %s | %s on %s%s | %d train / %d val images | model %s (%.2fM params) | %s | amp %s",
+             cfg.experiment, cfg.data.name, device, f" x {info.world_size} processes" if info.distributed else "",
+             len(train_ds), len(val_ds), cfg.model.name, n_params / 1e6,
+             f"{plan.total_steps} iterations" if plan.iteration_mode else f"{plan.rounds} epochs", amp)
     writer = None
-    if cfg.train.tensorboard:
+    if cfg.train.tensorboard and info.is_main:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(log_dir=str(run_dir))
 
     stop = StopFlag().install()
     log.info("training started; Ctrl-C saves %s and stops", run_dir / "last.pt")
-    epoch = start_epoch - 1
+    cut_short: Optional[RoundStats] = None
     try:
-        for epoch in range(start_epoch, cfg.train.epochs + 1):
+        while state.round < plan.rounds and not state.early_stopped:
+            index = state.round + 1
+            seed_everything(round_seed(cfg.seed, index, info.rank))
+            batches = round_batches(train_loader, cfg.seed, index)
+            stats = RoundStats()
+            if partial is not None and partial["round"] == index:
+                # Resume inside a round: replay its batches without training, then the RNGs as they were.
+                for _ in range(partial["steps"] * cfg.train.accumulate):
+                    next(batches)
+                stats = RoundStats(partial["loss"], dict(partial["parts"]), partial["seen"], partial["steps"],
+                                   partial["seconds"])
+                restore_rng(partial["rng"])
+            partial = None
             if cfg.train.freeze_encoder_epochs:
-                model.set_encoder_frozen(epoch <= cfg.train.freeze_encoder_epochs)
-            stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, scaler, device,
-                                    epoch, cfg, stop)
-            if stats["interrupted"]:
-                epoch -= 1  # the cut-short epoch is repeated on --resume
+                model.set_encoder_frozen(state.step < cfg.train.freeze_encoder_epochs * plan.steps_per_epoch)
+            stats, interrupted = train_round(train_model, batches, plan.steps_in(index), criterion, optimizer,
+                                             scheduler, scaler, device, cfg, stop, stats, ema, model,
+                                             plan.label(index), info.is_main)
+            if interrupted:
+                cut_short = stats
                 break
-            record: Dict[str, Any] = {"epoch": epoch, "train_loss": stats["loss"], "loss_parts": stats["loss_parts"],
-                                      "lr": stats["lr"], "images_per_s": stats["images_per_s"]}
-            metrics, strips = None, []
-            if epoch % cfg.train.val_interval == 0 or epoch == cfg.train.epochs:
-                metrics, strips = evaluate(model, val_loader, device, cfg.data.num_classes, cfg.model.threshold,
-                                           class_names, cfg.train.amp, cfg.train.log_images, palette)
-                record["val"] = metrics
-            history.append(record)
-            _log_tensorboard(writer, epoch, stats, metrics, strips)
-            line = f"epoch {epoch}/{cfg.train.epochs} | loss {stats['loss']:.4f} | lr {stats['lr']:.2e} | " \
-                   f"{stats['images_per_s']:.1f} img/s"
-            if metrics is not None:
-                line += " | val " + format_metrics(metrics)
-                value = metrics.get(cfg.train.monitor)
-                if _is_better(value, best, cfg.train.monitor_mode):
-                    best = value
-                    save_checkpoint(_state(model, optimizer, scheduler, scaler, epoch, best, history, cfg),
-                                    run_dir / "best.pt")
-                    line += f" | new best {cfg.train.monitor} {best:.4f}"
-            log.info(line)
-            save_checkpoint(_state(model, optimizer, scheduler, scaler, epoch, best, history, cfg), run_dir / "last.pt")
-            write_json(run_dir / "metrics.json", {"experiment": cfg.experiment, "monitor": cfg.train.monitor,
-                                                  "best": best, "history": history})
+            finish_round(state, plan, index, stats, val_loader, device, class_names, palette, writer, info)
             if stop.stop:
                 break
     finally:
@@ -417,16 +712,72 @@ def run(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
         if writer is not None:
             writer.close()
     if stop.stop:
-        save_checkpoint(_state(model, optimizer, scheduler, scaler, epoch, best, history, cfg), run_dir / "last.pt")
-        log.warning("interrupted: saved %s (epoch %d complete); continue with --resume", run_dir / "last.pt", epoch)
+        if info.is_main:
+            save_checkpoint(state.state(cut_short), run_dir / "last.pt")
+        where = f"{cut_short.steps}/{plan.steps_in(state.round + 1)} steps into " \
+                f"{plan.label(state.round + 1)}" if cut_short else f"after {plan.label(state.round)}"
+        log.warning("interrupted %s: saved %s; continue with --resume", where, run_dir / "last.pt")
+    elif state.early_stopped:
+        log.info("early stop after %s: %s has not improved for %d validations; best %s at round %s",
+                 plan.label(state.round), cfg.train.monitor, state.stale, state.best, state.best_round)
     else:
-        log.info("done: best %s %s; checkpoints in %s", cfg.train.monitor, best, run_dir)
-    return {"best": best, "epoch": epoch, "interrupted": stop.stop, "run_dir": str(run_dir)}
+        log.info("done: best %s %s; checkpoints in %s", cfg.train.monitor, state.best, run_dir)
+    return {"best": state.best, "epoch": state.round, "round": state.round, "step": state.step,
+            "interrupted": stop.stop, "early_stopped": state.early_stopped, "run_dir": str(run_dir)}
+
+
+def finish_round(state: Run, plan: Plan, index: int, stats: RoundStats, val_loader: DataLoader,
+                 device: torch.device, class_names: Optional[List[str]], palette: np.ndarray, writer: Any,
+                 info: DistInfo) -> None:
+    """After a round: validate if due, keep the best, early stopping, checkpoints, logs."""
+    cfg = state.cfg
+    state.round = index
+    state.step += stats.steps
+    lr = state.optimizer.param_groups[0]["lr"]
+    means = mean_over_ranks({"loss": stats.loss / max(stats.steps, 1),
+                             **{f"part/{k}": v / max(stats.steps, 1) for k, v in stats.parts.items()}}, device)
+    summary = stats.summary(lr, info.world_size)
+    summary["loss"] = means.pop("loss")
+    summary["loss_parts"] = {k[len("part/"):]: v for k, v in means.items()}
+    record: Dict[str, Any] = {"round": index, "iteration": state.step, "train_loss": summary["loss"],
+                              "loss_parts": summary["loss_parts"], "lr": lr, "images_per_s": summary["images_per_s"]}
+    if not plan.iteration_mode:
+        record["epoch"] = index
+    metrics, strips = None, []
+    line = f"{plan.label(index)} | loss {summary['loss']:.4f} | lr {lr:.2e} | {summary['images_per_s']:.1f} img/s"
+    improved = False
+    if plan.validates_after(index):
+        metrics, strips = evaluate(state.eval_model(), val_loader, device, cfg.data.num_classes, cfg.model.threshold,
+                                   class_names, cfg.train.amp, cfg.train.log_images if info.is_main else 0, palette,
+                                   cfg.inference, cfg.train.channels_last)
+        record["val"] = metrics
+        line += " | val " + format_metrics(metrics)
+        value = metrics.get(cfg.train.monitor)
+        if _is_better(value, state.best, cfg.train.monitor_mode):
+            state.best, state.best_round, state.stale, improved = value, index, 0, True
+            line += f" | new best {cfg.train.monitor} {state.best:.4f}"
+        else:
+            state.stale += 1
+            if cfg.train.early_stop is not None and state.stale >= cfg.train.early_stop:
+                state.early_stopped = True
+    state.history.append(record)
+    log.info(line)
+    if not info.is_main:
+        return
+    _log_tensorboard(writer, state.step, summary, metrics, strips)
+    checkpoint = state.state()
+    if improved:
+        save_checkpoint(checkpoint, cfg.run_dir / "best.pt")
+    save_checkpoint(checkpoint, cfg.run_dir / "last.pt")
+    write_json(cfg.run_dir / "metrics.json", {"experiment": cfg.experiment, "monitor": cfg.train.monitor,
+                                              "best": state.best, "best_round": state.best_round,
+                                              "early_stopped": state.early_stopped, "history": state.history})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    setup_logging()
+    rank = int(os.environ.get("RANK", "0"))
+    setup_logging(level=logging.INFO if rank == 0 else logging.WARNING)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
@@ -436,7 +787,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report = check_dataset(cfg, progress=cfg.train.progress)
         sys.stdout.write(format_report(report) + "\n")
         return report.exit_code
-    setup_logging(cfg.run_dir / "train.log")
+    if rank == 0:
+        setup_logging(cfg.run_dir / "train.log")
     try:
         summary = run(cfg, resume=args.resume)
     except ConfigError as exc:

@@ -142,9 +142,11 @@ def test_sigint_saves_last_and_exits_cleanly(tiny_run: Path, tmp_path: Path) -> 
     log = "".join(lines) + rest
     assert proc.returncode == 130, log
     assert "Traceback" not in log, log
-    assert "interrupted: saved" in log
+    assert "interrupted " in log and "saved" in log and "continue with --resume" in log
     state = torch.load(tmp_path / "checkpoint" / "unit" / "last.pt", weights_only=True)
-    assert state["epoch"] == len(state["history"])
+    assert state["epoch"] == state["round"] == len(state["history"])
+    if state["partial"] is not None:  # cut inside a round: where it stopped, for an exact resume
+        assert state["partial"]["round"] == state["round"] + 1 and state["partial"]["steps"] >= 1
 
 
 def _speed_overrides(tmp_path: Path) -> list:

@@ -90,6 +90,7 @@ class OptimizerConfig:
 class SchedulerConfig:
     name: Literal["poly", "cosine", "step", "none"] = "poly"
     warmup_epochs: float = 0.0
+    warmup_iters: Optional[int] = None       # set: warmup in optimizer steps, instead of warmup_epochs
     warmup_start_factor: float = 0.1
     power: float = 0.9
     min_lr: float = 0.0
