@@ -35,7 +35,8 @@ from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.class_stats import CLASS_STATS_FILE, cached_class_counts, class_weights, format_weights
 from utils.config import Config, ConfigError, load_config, save_config
 from utils.constants import IGNORE_INDEX
-from utils.distributed import DistInfo, ShardSampler, any_rank, init_distributed, mean_over_ranks
+from utils.distributed import (DistInfo, ShardSampler, any_rank, broadcast_buffers, init_distributed,
+                               mean_over_ranks)
 from utils.distributed import cleanup as cleanup_distributed
 from utils.ema import ModelEMA
 from utils.fileio import write_json
@@ -747,6 +748,9 @@ def finish_round(state: Run, plan: Plan, index: int, stats: RoundStats, val_load
     line = f"{plan.label(index)} | loss {summary['loss']:.4f} | lr {lr:.2e} | {summary['images_per_s']:.1f} img/s"
     improved = False
     if plan.validates_after(index):
+        broadcast_buffers(state.model)
+        if state.ema is not None:
+            broadcast_buffers(state.ema.module)
         metrics, strips = evaluate(state.eval_model(), val_loader, device, cfg.data.num_classes, cfg.model.threshold,
                                    class_names, cfg.train.amp, cfg.train.log_images if info.is_main else 0, palette,
                                    cfg.inference, cfg.train.channels_last)

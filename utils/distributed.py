@@ -111,6 +111,20 @@ def sum_over_ranks(value: float, device: torch.device) -> float:
     return float(tensor.item())
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every process.
+
+    DDP broadcasts buffers before each training forward, so after the last one
+    every process holds running statistics updated by its own batch. Without
+    this, each process would validate its shard with slightly different
+    weights from the ones rank 0 saves.
+    """
+    if not initialized():
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
 def barrier() -> None:
     if initialized():
         dist.barrier()
