@@ -1,0 +1,192 @@
+"""Training features: accumulation, EMA, iteration schedules, early stopping, AMP modes,
+channels_last, torch.compile, determinism and exact resume."""
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+import torch
+from torch import nn
+
+import train
+from tests.conftest import minimal_config
+from tests.test_train_e2e import tiny_run  # noqa: F401 - the fixture
+from utils.amp import resolve_amp
+from utils.checkpoint import load_checkpoint
+from utils.config import config_from_dict, load_config
+from utils.ema import ModelEMA
+from utils.losses import build_loss
+
+
+def run_dir(tmp_path: Path) -> Path:
+    return tmp_path / "checkpoint" / "unit"
+
+
+def losses(history: List[Dict[str, Any]]) -> List[float]:
+    return [record["train_loss"] for record in history]
+
+
+# ----------------------------------------------------------------- units
+
+
+def test_ema_follows_the_hand_computed_average() -> None:
+    model = nn.Linear(1, 1, bias=False)
+    model.weight.data.fill_(0.0)
+    ema = ModelEMA(model, decay=0.9)
+    expected = 0.0
+    for n, value in enumerate([1.0, 2.0, 4.0, 4.0], start=1):
+        model.weight.data.fill_(value)
+        d = min(0.9, (1 + n) / (10 + n))  # 2/11, 3/12, 4/13, 5/14: the ramp is below 0.9 here
+        expected = d * expected + (1 - d) * value
+        ema.update(model)
+        assert ema.module.weight.item() == pytest.approx(expected, rel=1e-6)
+    assert not ema.module.weight.requires_grad
+    assert ema.updates == 4 and ema.current_decay() == pytest.approx(min(0.9, 6 / 15))
+
+
+def test_ema_copies_integer_buffers() -> None:
+    model = nn.BatchNorm2d(2)
+    ema = ModelEMA(model, decay=0.99)
+    model.train()
+    model(torch.randn(4, 2, 3, 3))
+    ema.update(model)
+    assert ema.module.num_batches_tracked.item() == 1
+    restored = ModelEMA(nn.BatchNorm2d(2), decay=0.99)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.updates == 1 and torch.equal(restored.module.running_mean, ema.module.running_mean)
+
+
+def test_accumulating_two_batches_of_two_equals_one_batch_of_four(binary_folder: Path) -> None:
+    """Same gradients, so the same weights after one SGD step (pixel-mean BCE, no BatchNorm)."""
+    base = minimal_config(binary_folder, loss=[{"name": "bce"}], optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.0},
+                          scheduler={"name": "none"})
+    images = torch.randn(4, 3, 8, 8)
+    masks = (torch.rand(4, 8, 8) > 0.5).long()
+    results = []
+    for batch, accumulate in ((4, 1), (2, 2)):
+        cfg = config_from_dict({**base, "train": {**base["train"], "batch_size": batch, "accumulate": accumulate}},
+                               check_paths=False)
+        torch.manual_seed(0)
+        model = nn.Conv2d(3, 1, 3, padding=1)
+        optimizer = train.build_optimizer(cfg, model)
+        scheduler = train.build_scheduler(cfg, optimizer, steps_per_epoch=1)
+        batches = iter([(images[i:i + batch], masks[i:i + batch]) for i in range(0, 4, batch)])
+        stats, interrupted = train.train_round(model, batches, 1, build_loss(cfg.loss), optimizer, scheduler,
+                                               torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"),
+                                               cfg, train.StopFlag())
+        assert stats.steps == 1 and stats.seen == 4 and not interrupted
+        results.append((model.weight.detach().clone(), stats.loss))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
+    assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)
+
+
+def test_plan_in_epochs_and_in_iterations(binary_folder: Path) -> None:
+    cfg = config_from_dict(minimal_config(binary_folder, train={"epochs": 3, "accumulate": 2, "val_interval": 2}))
+    plan = train.make_plan(cfg, batches_per_epoch=5)  # 2 whole steps of 2 batches per epoch
+    assert (plan.rounds, plan.total_steps, plan.steps_per_epoch) == (3, 6, 2)
+    assert [plan.validates_after(r) for r in (1, 2, 3)] == [False, True, True]
+    cfg = config_from_dict(minimal_config(binary_folder, train={"iterations": 7, "val_interval": 3}))
+    plan = train.make_plan(cfg, batches_per_epoch=5)
+    assert plan.rounds == 3 and [plan.steps_in(r) for r in (1, 2, 3)] == [3, 3, 1]
+    assert plan.label(3) == "iteration 7/7" and all(plan.validates_after(r) for r in (1, 2, 3))
+
+
+def test_amp_modes_resolve_per_device(caplog: pytest.LogCaptureFixture) -> None:
+    cpu = torch.device("cpu")
+    assert resolve_amp("bf16", cpu) == "bf16" and resolve_amp("off", cpu) == "off"
+    with caplog.at_level(logging.WARNING):
+        assert resolve_amp("fp16", cpu) == "off"
+    assert "fp16 needs CUDA" in caplog.text
+    with pytest.raises(ValueError, match="bf16, fp16, off"):
+        resolve_amp("half", cpu)
+
+
+def test_amp_true_and_false_in_yaml_mean_fp16_and_off(binary_folder: Path) -> None:
+    assert config_from_dict(minimal_config(binary_folder, train={"amp": True})).train.amp == "fp16"
+    assert config_from_dict(minimal_config(binary_folder, train={"amp": False})).train.amp == "off"
+
+
+# ----------------------------------------------------------------- runs
+
+
+def test_iteration_mode_validates_every_k_iterations(tiny_run: Path, tmp_path: Path) -> None:  # noqa: F811
+    assert train.main(["--config", str(tiny_run), "--set", "train.iterations=5", "train.val_interval=2",
+                       "scheduler.name=poly", "train.tensorboard=false"]) == 0
+    state = load_checkpoint(run_dir(tmp_path) / "last.pt")
+    assert [r["iteration"] for r in state["history"]] == [2, 4, 5]
+    assert all("val" in r for r in state["history"]) and state["epoch"] is None and state["step"] == 5
+    assert state["history"][-1]["lr"] == 0.0  # poly reaches 0 exactly at the last iteration
+
+
+def test_early_stopping_after_patience(tiny_run: Path, tmp_path: Path,  # noqa: F811
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    scores = iter([0.5, 0.7, 0.6, 0.7, 0.65, 0.9])
+
+    def fake_evaluate(*args: Any, **kwargs: Any) -> Any:
+        return {"dice_foreground": next(scores)}, []
+
+    monkeypatch.setattr(train, "evaluate", fake_evaluate)
+    monkeypatch.setattr(train, "format_metrics", lambda m: str(m))
+    summary = train.run(load_config(tiny_run, ["train.epochs=6", "train.early_stop=3", "train.tensorboard=false"]))
+    # 0.7 at round 2 is the best; 0.6, 0.7 (not better) and 0.65 make three without improvement.
+    assert summary["early_stopped"] and summary["round"] == 5 and summary["best"] == 0.7
+    state = load_checkpoint(run_dir(tmp_path) / "best.pt")
+    assert state["round"] == 2
+
+
+def test_ema_run_validates_and_saves_the_average(tiny_run: Path, tmp_path: Path) -> None:  # noqa: F811
+    assert train.main(["--config", str(tiny_run), "--set", "train.ema=0.9", "train.epochs=2",
+                       "train.tensorboard=false"]) == 0
+    state = load_checkpoint(run_dir(tmp_path) / "last.pt")
+    assert state["ema"]["updates"] == state["step"] == 8 and state["ema_eval"] is True
+    convs = [k for k, v in state["model"].items() if v.ndim == 4]
+    assert convs and state["ema"]["module"].keys() == state["model"].keys()
+    assert all(not torch.equal(state["ema"]["module"][k], state["model"][k]) for k in convs)
+
+
+def test_bf16_channels_last_and_compile_train_on_cpu(tiny_run: Path, tmp_path: Path,  # noqa: F811
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # The eager backend runs the torch.compile path (Dynamo tracing) without a C++ toolchain build.
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    summary = train.run(load_config(tiny_run, ["train.amp=bf16", "train.channels_last=true", "train.compile=true",
+                                               "train.epochs=1", "train.tensorboard=false"]))
+    assert not summary["interrupted"]
+    state = load_checkpoint(run_dir(tmp_path) / "last.pt")
+    assert all(not k.startswith(("_orig_mod.", "module.")) for k in state["model"])
+    assert torch.isfinite(torch.tensor(state["history"][0]["train_loss"]))
+
+
+def test_deterministic_runs_repeat_and_resume_exactly(tiny_run: Path, tmp_path: Path,  # noqa: F811
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    common = ["deterministic=true", "train.epochs=3", "train.tensorboard=false", "scheduler.name=poly",
+              "transforms.train=[{name: hflip}, {name: random_resized_crop, size: 24}, {name: normalize}]",
+              "train.ema=0.9"]
+
+    def run(name: str, *extra: str, resume: bool = False) -> List[Dict[str, Any]]:
+        cfg = load_config(tiny_run, [*common, f"experiment={name}", *extra])
+        train.run(cfg, resume="" if resume else None)
+        return load_checkpoint(tmp_path / "checkpoint" / name / "last.pt")["history"]
+
+    first, second = run("a"), run("b")
+    assert losses(first) == losses(second)
+    assert [r["val"]["confusion_matrix"] for r in first] == [r["val"]["confusion_matrix"] for r in second]
+
+    # Ctrl-C in the middle of epoch 2 (after its third optimizer step), then --resume.
+    calls = {"n": 0}
+    real_any_rank = train.any_rank
+
+    def interrupt_at_step_7(flag: bool, device: torch.device) -> bool:
+        calls["n"] += 1
+        return real_any_rank(flag or calls["n"] == 7, device)
+
+    monkeypatch.setattr(train, "any_rank", interrupt_at_step_7)
+    cut = run("c")
+    monkeypatch.setattr(train, "any_rank", real_any_rank)
+    state = load_checkpoint(tmp_path / "checkpoint" / "c" / "last.pt")
+    assert len(cut) == 1 and state["partial"]["round"] == 2 and state["partial"]["steps"] == 3
+    resumed = run("c", resume=True)
+    assert losses(resumed) == losses(first)
+    assert [r["val"] for r in resumed] == [r["val"] for r in first]
