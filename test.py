@@ -2,6 +2,7 @@
 
     python test.py --config configs/demo.yaml [--set ...] [--checkpoint PATH] [--input DIR] [--output DIR]
     python test.py --checkpoint checkpoint/demo/best.pt          # config read from the checkpoint
+    python test.py --checkpoint checkpoint/demo/best.pt --export onnx   # torchscript | export | onnx
 
 Writes ``<test.output_dir>/<experiment>/`` (or ``--output``):
 
@@ -16,6 +17,12 @@ Writes ``<test.output_dir>/<experiment>/`` (or ``--output``):
 Predictions are made at the size the validation transforms give and then
 resized (bilinear, on probabilities) to each image's original size, so every
 mask lines up with its image.
+
+``--export FORMAT`` predicts nothing: it writes the model (``model.torchscript.pt``,
+``model.pt2`` or ``model.onnx`` beside the checkpoint, in ``--output``, or at
+``--export-path``), loads it back, checks its logits against the PyTorch model's at
+two input sizes, and writes ``<file>.json`` with what a deployer needs (channels,
+classes, sigmoid/threshold or softmax, normalisation, checkpoint). See utils/export.py.
 """
 from __future__ import annotations
 
@@ -32,9 +39,11 @@ from tqdm import tqdm
 
 from datasets import list_images, read_image
 from train import build_model, class_info, select_device, setup_logging
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import inference_weights, load_checkpoint
 from utils.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
 from utils.constants import IGNORE_INDEX
+from utils.export import FORMATS as EXPORT_FORMATS
+from utils.export import ExportError, default_export_path, export_model, sidecar_path
 from utils.fileio import atomic_open, write_json
 from utils.inference import labels_from_probabilities, predict_probabilities
 from utils.metrics import ConfusionMatrix, format_metrics, per_image_scores
@@ -55,6 +64,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="override config keys, e.g. --set test.split=test")
     p.add_argument("--input", help="a folder of images (no masks needed) to predict instead of a split")
     p.add_argument("--output", help="output folder (default: <test.output_dir>/<experiment>)")
+    p.add_argument("--export", choices=list(EXPORT_FORMATS),
+                   help="write the model as TorchScript, a torch.export program (.pt2) or ONNX, "
+                        "check it against the PyTorch model, and predict nothing")
+    p.add_argument("--export-path", help="file for --export (default: model.<ext> in --output if given, "
+                                         "else beside the checkpoint)")
     return p.parse_args(argv)
 
 
@@ -101,12 +115,19 @@ def iter_samples(cfg: Config, input_dir: Optional[str]) -> Tuple[int, Iterator[S
 
 
 def predict(model: torch.nn.Module, image: torch.Tensor, transforms: Callable, device: torch.device,
-            threshold: float, amp: str) -> np.ndarray:
-    """(H, W) int64 class indices at the image's original size."""
+            threshold: float, amp: str, inference: Any = None) -> np.ndarray:
+    """(H, W) int64 class indices at the image's original size.
+
+    ``inference`` (``cfg.inference``) picks whole-image or sliding-window
+    prediction and the TTA; with the sliding window the image stays on the CPU
+    and only its tiles go to ``device``.
+    """
     size = tuple(image.shape[-2:])
     x, _ = transforms(image, None)
-    x = x.as_subclass(torch.Tensor).unsqueeze(0).to(device)
-    probs = predict_probabilities(model, x, out_size=size, amp=amp)
+    x = x.as_subclass(torch.Tensor).unsqueeze(0)
+    if inference is None or inference.mode != "slide":
+        x = x.to(device)
+    probs = predict_probabilities(model, x, out_size=size, amp=amp, settings=inference)
     return labels_from_probabilities(probs, threshold)[0].cpu().numpy()
 
 
@@ -149,7 +170,7 @@ def run(cfg: Config, ckpt_path: Path, state: Dict[str, Any], input_dir: Optional
         output: Optional[str] = None) -> Dict[str, Any]:
     device = select_device(cfg.device)
     model = build_model(cfg)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(inference_weights(state))
     model.to(device).eval()
     transforms = build_transforms(cfg.transforms.val)
     out_dir = Path(output) if output else Path(cfg.test.output_dir) / cfg.experiment
@@ -162,7 +183,7 @@ def run(cfg: Config, ckpt_path: Path, state: Dict[str, Any], input_dir: Optional
     rows: List[Dict[str, Any]] = []
     thumbs: List[np.ndarray] = []
     for name, image, mask in tqdm(samples, total=count, desc="predict", disable=not cfg.train.progress):
-        pred = predict(model, image, transforms, device, cfg.model.threshold, cfg.train.amp)
+        pred = predict(model, image, transforms, device, cfg.model.threshold, cfg.train.amp, cfg.inference)
         save_png(mask_image(pred, num_classes, palette), out_dir / "masks" / f"{name}.png")
         target = None
         if mask is not None:
@@ -205,6 +226,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2
+    if args.export:
+        folder = Path(args.output) if args.output else ckpt_path.parent
+        out_path = Path(args.export_path) if args.export_path else default_export_path(folder, args.export)
+        model = build_model(cfg)
+        model.load_state_dict(inference_weights(state))
+        try:
+            export_model(model, cfg, args.export, out_path, checkpoint=ckpt_path, epoch=state.get("epoch"),
+                         class_names=class_info(cfg)[0])
+        except ExportError as exc:
+            log.error("%s", exc)
+            return 1
+        log.info("%s model written to %s (facts for deployment in %s)", args.export, out_path,
+                 sidecar_path(out_path))
+        return 0
     run(cfg, ckpt_path, state, args.input, args.output)
     return 0
 

@@ -4,9 +4,15 @@ Times one epoch through ``train.train_one_epoch`` (DataLoader reading PNGs,
 paired transforms, loss, optimizer and scheduler steps, tqdm, logging) against
 a bare loop of forward + loss + backward + optimizer step over the same
 batches preloaded in memory, and prints both and their ratio (target <= 1.15
-on a 2-core CPU). Data: the synthetic demo generator, written to a temp dir.
+on a 2-core CPU, AMP off). Data: the synthetic demo generator, written to a
+temp dir.
+
+On CUDA it then times the train.py epoch under each speed setting, AMP off /
+fp16 / bf16, with and without channels_last, and prints images/s for each
+(``--variants`` picks them; on the CPU it can time ``bf16`` too).
 
     python bench/train_overhead.py [--images 96] [--epochs 2] [--threads 2] [--workers 1]
+                                   [--device auto] [--variants off fp16 bf16 off+cl bf16+cl]
 """
 from __future__ import annotations
 
@@ -24,21 +30,50 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train  # noqa: E402
 from datasets.synthetic import generate  # noqa: E402
 from utils.config import load_config  # noqa: E402
+from utils.amp import grad_scaler, resolve_amp  # noqa: E402
 from utils.losses import build_loss  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def raw_epoch(model: torch.nn.Module, batches: list, criterion, optimizer) -> float:
+def raw_epoch(model: torch.nn.Module, batches: list, criterion, optimizer, device: torch.device) -> float:
     """Forward + loss + backward + step over preloaded batches; seconds."""
     model.train()
+    synchronize(device)
     start = time.perf_counter()
     for images, masks in batches:
         loss, _ = criterion(model(images), masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    synchronize(device)
     return time.perf_counter() - start
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def variant_speed(cfg, variant: str, train_ds, val_ds, device: torch.device, epochs: int) -> float:
+    """Images/s of train.py's epoch with ``variant`` = amp mode, plus ``+cl`` for channels_last."""
+    amp, _, layout = variant.partition("+")
+    cfg.train.amp, cfg.train.channels_last = amp, layout == "cl"
+    train.seed_everything(cfg.seed)
+    loader, _ = train.build_loaders(cfg, train_ds, val_ds, device)
+    model = train.prepare_model(cfg, device, train.DistInfo())
+    criterion = build_loss(cfg.loss)
+    optimizer = train.build_optimizer(cfg, model)
+    scheduler = train.build_scheduler(cfg, optimizer, len(loader))
+    scaler = grad_scaler(device, resolve_amp(amp, device))
+    best = float("inf")
+    for epoch in range(epochs + 1):  # the first epoch warms up (cuDNN autotuning, allocator)
+        synchronize(device)
+        stats = train.train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, device, epoch, cfg,
+                                      train.StopFlag())
+        if epoch > 0:
+            best = min(best, stats["seconds"])
+    return len(loader) * cfg.train.batch_size / best
 
 
 def main() -> None:
@@ -48,43 +83,58 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per path (the fastest of each is compared)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--workers", default="auto", help="data.num_workers for the train.py path (auto: the config's rule)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--variants", nargs="*", default=None,
+                   help="speed settings to time after the overhead ratio: off, fp16, bf16, each optionally +cl "
+                        "(channels_last); default: all on CUDA, none on the CPU")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
+    device = train.select_device(args.device)
+    variants = args.variants if args.variants is not None else (
+        ["off", "fp16", "bf16", "off+cl", "fp16+cl", "bf16+cl"] if device.type == "cuda" else [])
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "demo"
         generate(root, num_classes=2, num_train=args.images, num_val=8, image_size=128, seed=0)
         cfg = load_config(args.config, [f"data.root={root}", f"data.num_workers={args.workers}",
-                                        "train.progress=true", f"train.checkpoint_dir={tmp}/ckpt"])
-        device = torch.device("cpu")
+                                        "train.progress=true", f"train.checkpoint_dir={tmp}/ckpt", "train.amp=off",
+                                        f"device={device}"])
         train.seed_everything(cfg.seed)
         train_ds, val_ds = train.build_datasets(cfg)
         loader, _ = train.build_loaders(cfg, train_ds, val_ds, device)
-        model = train.build_model(cfg)
+        model = train.build_model(cfg).to(device)
         criterion = build_loss(train.resolve_class_weights(cfg, train_ds, Path(tmp)))
         optimizer = train.build_optimizer(cfg, model)
         scheduler = train.build_scheduler(cfg, optimizer, len(loader))
-        scaler = torch.amp.GradScaler("cuda", enabled=False)
+        scaler = grad_scaler(device, "off")
         stop = train.StopFlag()
 
-        batches = [(x.clone(), y.clone()) for x, y in loader]  # also warms the persistent workers
-        raw_epoch(model, batches[:2], criterion, optimizer)  # warm-up (allocator, kernels)
+        batches = [(x.to(device), y.to(device)) for x, y in loader]  # also warms the persistent workers
+        raw_epoch(model, batches[:2], criterion, optimizer, device)  # warm-up (allocator, kernels)
         loop_times, raw_times = [], []
         for epoch in range(1, args.epochs + 1):  # interleaved so machine noise hits both alike
+            synchronize(device)
             stats = train.train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, device,
                                           epoch, cfg, stop)
             loop_times.append(stats["seconds"])
-            raw_times.append(raw_epoch(model, batches, criterion, optimizer))
+            raw_times.append(raw_epoch(model, batches, criterion, optimizer, device))
 
-    n = len(batches) * cfg.train.batch_size
-    loop, raw = min(loop_times), min(raw_times)
-    workers = train.resolve_num_workers(cfg.data.num_workers, device)
-    print(f"config {args.config}: {n} images/epoch at batch {cfg.train.batch_size}, "
-          f"{args.threads} torch threads, {workers} loader workers")
-    print(f"train.py epoch (DataLoader + transforms + loss + step + tqdm): {loop:7.2f} s  ({n / loop:6.1f} img/s)")
-    print(f"raw forward+backward+step on preloaded batches:           {raw:7.2f} s  ({n / raw:6.1f} img/s)")
-    print(f"overhead ratio: {loop / raw:.3f}  (target <= 1.15)")
+        n = len(batches) * cfg.train.batch_size
+        loop, raw = min(loop_times), min(raw_times)
+        workers = train.resolve_num_workers(cfg.data.num_workers, device)
+        print(f"config {args.config}: {n} images/epoch at batch {cfg.train.batch_size}, on {device}, "
+              f"{args.threads} torch threads, {workers} loader workers, AMP off")
+        print(f"train.py epoch (DataLoader + transforms + loss + step + tqdm): {loop:7.2f} s  ({n / loop:6.1f} img/s)")
+        print(f"raw forward+backward+step on preloaded batches:           {raw:7.2f} s  ({n / raw:6.1f} img/s)")
+        print(f"overhead ratio: {loop / raw:.3f}  (target <= 1.15)")
+        if variants:
+            name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+            print(f"train.py epoch speed by setting on {name} (best of {args.epochs} after a warm-up epoch):")
+            for variant in variants:
+                speed = variant_speed(cfg, variant, train_ds, val_ds, device, args.epochs)
+                print(f"  amp {variant.partition('+')[0]:4s} channels_last {str(variant.endswith('+cl')):5s}: "
+                      f"{speed:8.1f} img/s")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """Checkpoints as plain dicts of tensors and builtins, written atomically.
 
 Layout of a checkpoint dict: ``model``, ``optimizer``, ``scheduler``,
-``scaler`` (state dicts), ``epoch`` (last completed epoch, 1-based),
-``best_metric``, ``monitor``, ``history`` (per-epoch metrics) and ``config``
-(the resolved config in its YAML form). Loading uses
+``scaler`` (state dicts), ``ema`` (the averaged weights and update count, or
+None) with ``ema_eval``, ``round`` and ``step`` (rounds and optimizer steps
+completed), ``epoch`` (the same as ``round`` in epoch mode, None in iteration
+mode), ``best_metric``, ``best_round``, ``monitor``, ``history`` (per-round
+metrics), ``partial`` (where Ctrl-C cut a round short, with the RNG states,
+or None) and ``config`` (the resolved config in its YAML form). Loading uses
 ``torch.load(weights_only=True)``, so nothing but tensors and builtins can
 come back out of a file.
 """
@@ -36,3 +39,11 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{path}: not a checkpoint of this framework (no 'model' entry)")
     return state
+
+
+def inference_weights(state: Dict[str, Any]) -> Dict[str, Any]:
+    """The weights to predict with: the EMA average when the run validated with it, else the live ones."""
+    ema = state.get("ema")
+    if ema is not None and state.get("ema_eval", False):
+        return ema["module"]
+    return state["model"]
