@@ -3,12 +3,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help venv test demo demo-data demo-multiclass bench bench-models clean
+.PHONY: help venv test demo demo-data demo-multiclass bench bench-models bench-inference clean
 
 help:
 	@echo "make demo   - venv + install, generate demo data, train, test, print where results are"
 	@echo "make test   - venv + install if missing, run the whole test suite"
 	@echo "make bench  - run the benchmarks under bench/"
+	@echo "make bench-inference - sliding window vs raw tile forwards, img/s per inference mode"
 	@echo "make clean  - remove checkpoint/, results/ and data/demo*"
 
 $(VENV)/.installed: requirements.txt
@@ -42,6 +43,9 @@ bench: venv
 
 bench-models: venv
 	$(PY) bench/models.py
+
+bench-inference: venv
+	$(PY) bench/inference.py
 
 clean:
 	rm -rf checkpoint results data/demo data/demo_multiclass

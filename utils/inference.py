@@ -2,16 +2,54 @@
 
 Models return raw logits. One output channel means a binary task scored by
 ``sigmoid`` and a threshold; more channels mean ``softmax`` and ``argmax``.
+
+:func:`predict_probabilities` also runs the configured inference
+(``cfg.inference``): a plain forward of the whole image, or a sliding window
+of tiles blended with a Gaussian weight (nnU-Net's scheme), either one with
+test-time augmentation (flips and scales) averaged on probabilities.
+
+Sliding window, step by step:
+
+* An image smaller than the tile along an axis is padded with the constant 0
+  (the mean colour once the image is normalised), split evenly before and
+  after, to the tile size; the result is cropped back. Reflection needs the
+  padding to be smaller than the image, which a tile much larger than a small
+  image breaks, and zeros are what the network sees beyond every image border
+  anyway (its own convolutions pad with zeros).
+* Tile origins along each axis: every ``stride = max(1, round(t * (1 - overlap)))``
+  pixels from 0, plus one last tile flush with the far border
+  (:func:`tile_origins`); no tile reaches beyond the (padded) image.
+* Tiles, from every image of the batch, go through the model ``tile_batch``
+  at a time, on the model's device; the image itself may stay on the CPU.
+* Each tile's probabilities are added, times the Gaussian importance map
+  (:func:`gaussian_importance_map`, or 1 without ``gaussian``), into a sum
+  buffer, and the weights into a weight map; one division at the end.
+* The buffers live on the stitch device (:func:`resolve_stitch_device`), so a
+  6000x4000 image needs no more accelerator memory than its tiles do.
+
+Test-time augmentation: every scale (the input resized bilinearly) times every
+flip combination (:func:`flip_combinations`: none, and with ``[h, v]`` also
+h, v and both) is one pass; each pass's probabilities are un-flipped, resized
+bilinearly straight to the output size and averaged.
 """
 from __future__ import annotations
 
+import itertools
+import logging
 import math
-from typing import Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from utils.amp import autocast, resolve_amp
+
+log = logging.getLogger(__name__)
+
+FLIP_DIMS: Dict[str, int] = {"h": -1, "v": -2}  # h flips the width, v the height
+STITCH_CHOICES = ("auto", "cpu", "device")
+AUTO_STITCH_FRACTION = 0.5  # auto stitches on the CPU when the buffers need more than this share of free CUDA memory
+GAUSSIAN_FLOOR = 1e-3  # the smallest weight of the Gaussian importance map
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -43,17 +81,270 @@ def labels_from_logits(logits: torch.Tensor, threshold: float = 0.5) -> torch.Te
     return logits.argmax(dim=1)
 
 
+# ----------------------------------------------------------------- sliding-window building blocks
+
+
+def gaussian_importance_map(tile_hw: Tuple[int, int], sigma_scale: float = 1.0 / 8,
+                            floor: float = GAUSSIAN_FLOOR, device: Optional[torch.device] = None,
+                            dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Weight (h, w) of a tile's pixels: a Gaussian centred on the tile, max 1.
+
+    ``sigma = sigma_scale * side`` per axis (nnU-Net's 1/8), the centre at
+    ``(side - 1) / 2`` (between the two middle pixels of an even side), divided
+    by its maximum so the centre is 1, and raised to at least ``floor`` so that
+    border pixels that only one tile covers still count.
+    """
+    if min(tile_hw) < 1 or sigma_scale <= 0 or not 0 < floor <= 1:
+        raise ValueError(f"gaussian_importance_map: needs positive sides, sigma_scale > 0 and floor in (0, 1], "
+                         f"got {tuple(tile_hw)}, {sigma_scale}, {floor}")
+    axes = []
+    for side in tile_hw:
+        coords = torch.arange(side, dtype=torch.float64) - (side - 1) / 2
+        axes.append(torch.exp(-0.5 * (coords / (sigma_scale * side)) ** 2))
+    weight = axes[0][:, None] * axes[1][None, :]
+    weight = (weight / weight.max()).clamp_min(floor)
+    return weight.to(device=device, dtype=dtype)
+
+
+def axis_origins(size: int, tile: int, overlap: float) -> List[int]:
+    """Start offsets of the tiles along one axis of ``size`` pixels (``size >= tile``, else ``[0]``).
+
+    Every ``stride = max(1, round(tile * (1 - overlap)))`` pixels from 0 (half
+    rounded up), then one last tile flush with the border.
+    """
+    if tile < 1 or not 0 <= overlap < 1:
+        raise ValueError(f"tile origins: needs tile >= 1 and overlap in [0, 1), got {tile}, {overlap}")
+    if size <= tile:
+        return [0]
+    stride = max(1, int(math.floor(tile * (1 - overlap) + 0.5)))
+    return list(range(0, size - tile, stride)) + [size - tile]
+
+
+def tile_origins(image_hw: Tuple[int, int], tile_hw: Tuple[int, int], overlap: float) -> List[Tuple[int, int]]:
+    """(top, left) of every tile covering an (H, W) image, row by row (see :func:`axis_origins`)."""
+    ys = axis_origins(image_hw[0], tile_hw[0], overlap)
+    xs = axis_origins(image_hw[1], tile_hw[1], overlap)
+    return [(y, x) for y in ys for x in xs]
+
+
+def flip_combinations(flips: Sequence[str]) -> List[Tuple[int, ...]]:
+    """The dims each TTA pass flips: ``()`` first, then every non-empty subset of ``flips``.
+
+    ``[]`` -> ``[()]``; ``[h]`` -> ``[(), (-1,)]``; ``[h, v]`` -> ``[(), (-1,), (-2,), (-1, -2)]``.
+    """
+    names: List[str] = []
+    for name in flips:
+        if name not in FLIP_DIMS:
+            raise ValueError(f"inference.flips: unknown flip {name!r}; use 'h' (width) or 'v' (height)")
+        if name not in names:
+            names.append(name)
+    combos: List[Tuple[int, ...]] = []
+    for k in range(len(names) + 1):
+        combos += [tuple(FLIP_DIMS[n] for n in subset) for subset in itertools.combinations(names, k)]
+    return combos
+
+
+def free_device_memory(device: torch.device) -> int:
+    """Bytes a new CUDA allocation can use: the driver's free memory plus PyTorch's cached, unused blocks."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+def resolve_stitch_device(choice: str, device: torch.device, nbytes: int, free_bytes: Optional[int] = None,
+                          fraction: float = AUTO_STITCH_FRACTION) -> torch.device:
+    """Where the probability buffers (``nbytes`` in all) are summed, for ``inference.stitch_device``.
+
+    ``cpu``: the CPU. ``device``: ``device``, the one the model runs on.
+    ``auto``: the CPU when ``device`` is CUDA and ``nbytes`` exceeds
+    ``fraction`` of its free memory (``free_bytes``, queried with
+    :func:`free_device_memory` when not given), else ``device``.
+    """
+    if choice not in STITCH_CHOICES:
+        raise ValueError(f"inference.stitch_device must be one of {', '.join(STITCH_CHOICES)}, got {choice!r}")
+    cpu = torch.device("cpu")
+    if choice == "cpu":
+        return cpu
+    if choice == "device" or device.type != "cuda":
+        return device
+    if free_bytes is None:
+        free_bytes = free_device_memory(device)
+    chosen = cpu if nbytes > fraction * free_bytes else device
+    log.debug("stitch_device auto: %.1f MiB of buffers, %.1f MiB free on %s -> %s",
+              nbytes / 2 ** 20, free_bytes / 2 ** 20, device, chosen)
+    return chosen
+
+
+def model_device(model: torch.nn.Module, default: torch.device) -> torch.device:
+    """The device of the model's first parameter (or buffer); ``default`` for a model with neither."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return default
+
+
+def _forward_probabilities(model: torch.nn.Module, x: torch.Tensor, device: torch.device,
+                           amp: str) -> torch.Tensor:
+    """float32 probabilities of one forward pass of ``x`` on ``device``; the main output of a list."""
+    with autocast(device, amp):
+        logits = model(x.to(device, non_blocking=True))
+    if isinstance(logits, (list, tuple)):
+        logits = logits[0]
+    return probabilities(logits)
+
+
+StitchFor = Callable[[int], torch.device]  # number of classes -> stitch device
+
+
+def _slide(model: torch.nn.Module, image: torch.Tensor, tile_hw: Tuple[int, int], overlap: float,
+           gaussian: bool, tile_batch: int, amp: str, device: torch.device, stitch_for: StitchFor) -> torch.Tensor:
+    """Sliding-window probabilities (N, K, H, W) float32 on ``stitch_for(K)``; see the module docstring."""
+    n, _, h, w = image.shape
+    th, tw = tile_hw
+    ph, pw = max(h, th), max(w, tw)
+    top, left = (ph - h) // 2, (pw - w) // 2
+    if (ph, pw) != (h, w):
+        image = F.pad(image, (left, pw - w - left, top, ph - h - top), mode="constant", value=0.0)
+    origins = tile_origins((ph, pw), (th, tw), overlap)
+    jobs = [(i, y, x) for i in range(n) for y, x in origins]
+    total: Optional[torch.Tensor] = None
+    weight: Optional[torch.Tensor] = None  # on the device the tiles are predicted on
+    for start in range(0, len(jobs), tile_batch):
+        chunk = jobs[start:start + tile_batch]
+        crops = torch.stack([image[i, :, y:y + th, x:x + tw] for i, y, x in chunk])
+        probs = _forward_probabilities(model, crops, device, amp)
+        if tuple(probs.shape[-2:]) != (th, tw):
+            probs = F.interpolate(probs, size=(th, tw), mode="bilinear", align_corners=False)
+        if total is None:
+            total = torch.zeros(n, probs.shape[1], ph, pw, device=stitch_for(probs.shape[1]))
+            weight = gaussian_importance_map((th, tw), device=probs.device) if gaussian else None
+        if weight is not None:
+            probs.mul_(weight)  # one multiply per tile batch, before any copy to the stitch device
+        probs = probs.to(total.device)
+        for p, (i, y, x) in zip(probs, chunk):
+            total[i, :, y:y + th, x:x + tw].add_(p)
+    assert total is not None  # at least one tile per image
+    coverage = torch.zeros(ph, pw, device=total.device)
+    tile_weight = weight.to(total.device) if weight is not None else 1.0
+    for y, x in origins:
+        coverage[y:y + th, x:x + tw].add_(tile_weight)
+    total.div_(coverage)
+    if (ph, pw) != (h, w):
+        total = total[:, :, top:top + h, left:left + w].contiguous()
+    return total
+
+
+def _settings_tile(settings: Any) -> Tuple[int, int]:
+    tile = getattr(settings, "tile", None)
+    if tile is None:
+        raise ValueError("inference.mode: slide needs inference.tile, e.g. [512, 1024]")
+    tile_hw = (int(tile), int(tile)) if isinstance(tile, int) else (int(tile[0]), int(tile[1]))
+    if min(tile_hw) < 1:
+        raise ValueError(f"inference.tile: sizes must be positive, got {list(tile_hw)}")
+    return tile_hw
+
+
+def _plain(settings: Any) -> bool:
+    """True when ``settings`` asks for one forward of the whole image (no window, no TTA)."""
+    return settings is None or (settings.mode == "whole" and not settings.flips and list(settings.scales) == [1.0])
+
+
+def _scaled_size(h: int, w: int, scale: float) -> Tuple[int, int]:
+    return max(1, int(math.floor(h * scale + 0.5))), max(1, int(math.floor(w * scale + 0.5)))
+
+
+@torch.inference_mode()
+def sliding_window_probabilities(model: torch.nn.Module, image: torch.Tensor, tile: Union[int, Tuple[int, int]],
+                                 overlap: float = 0.5, gaussian: bool = True, tile_batch: int = 4,
+                                 amp: str = "off", stitch_device: str = "auto") -> torch.Tensor:
+    """Sliding-window probabilities of a batch, without TTA, on the stitch device.
+
+    Shape: image (N, C_in, H, W), anywhere -> (N, K, H, W) float32. Tiles run
+    on the model's device, ``tile_batch`` at a time.
+    """
+    if tile_batch < 1:
+        raise ValueError(f"inference.tile_batch must be at least 1, got {tile_batch}")
+    tile_hw = (tile, tile) if isinstance(tile, int) else (int(tile[0]), int(tile[1]))
+    device = model_device(model, image.device)
+    amp = resolve_amp(amp, device, warn=False)
+    n, _, h, w = image.shape
+    pixels = max(h, tile_hw[0]) * max(w, tile_hw[1])
+
+    def stitch_for(channels: int) -> torch.device:
+        return resolve_stitch_device(stitch_device, device, 4 * n * channels * pixels)
+    return _slide(model, image, tile_hw, overlap, gaussian, tile_batch, amp, device, stitch_for)
+
+
 @torch.inference_mode()
 def predict_probabilities(model: torch.nn.Module, image: torch.Tensor,
                           out_size: Optional[Tuple[int, int]] = None,
-                          amp: str = "off") -> torch.Tensor:
+                          amp: str = "off", settings: Any = None) -> torch.Tensor:
     """Probabilities for a batch, resized (bilinear) to ``out_size`` if given.
 
     Shape: image (N, C_in, H, W) -> (N, C, *out_size) float32 on image's device.
+
+    ``settings`` is ``cfg.inference`` or any object with its attributes
+    (``mode``, ``tile``, ``overlap``, ``gaussian``, ``tile_batch``, ``flips``,
+    ``scales``, ``stitch_device``). ``None``, or ``whole`` without TTA, is one
+    forward of ``image`` where it lies. Otherwise the model runs on its own
+    device: in ``whole`` mode the image is moved there, in ``slide`` mode only
+    its tiles are, and the passes are summed on the stitch device.
     """
-    with autocast(image.device, resolve_amp(amp, image.device, warn=False)):
-        logits = model(image)
-    probs = probabilities(logits)
-    if out_size is not None and tuple(probs.shape[-2:]) != tuple(out_size):
-        probs = F.interpolate(probs, size=out_size, mode="bilinear", align_corners=False)
-    return probs
+    if _plain(settings):
+        with autocast(image.device, resolve_amp(amp, image.device, warn=False)):
+            logits = model(image)
+        if isinstance(logits, (list, tuple)):
+            logits = logits[0]
+        probs = probabilities(logits)
+        if out_size is not None and tuple(probs.shape[-2:]) != tuple(out_size):
+            probs = F.interpolate(probs, size=out_size, mode="bilinear", align_corners=False)
+        return probs
+
+    if settings.mode not in ("whole", "slide"):
+        raise ValueError(f"inference.mode must be whole or slide, got {settings.mode!r}")
+    slide = settings.mode == "slide"
+    tile_hw = _settings_tile(settings) if slide else (1, 1)
+    if slide and settings.tile_batch < 1:
+        raise ValueError(f"inference.tile_batch must be at least 1, got {settings.tile_batch}")
+    scales = [float(s) for s in settings.scales]
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"inference.scales: needs positive scales, got {settings.scales}")
+    passes = [(scale, dims) for scale in scales for dims in flip_combinations(settings.flips)]
+
+    home = image.device
+    device = model_device(model, home)
+    amp = resolve_amp(amp, device, warn=False)
+    n, _, h, w = image.shape
+    final = (int(out_size[0]), int(out_size[1])) if out_size is not None else (h, w)
+    if not slide:
+        image = image.to(device)
+    # auto decides once, for the largest buffers: a pass's map at its scale, the pass resized, their sum.
+    largest = max(_scaled_size(h, w, s) for s in scales)
+    pixels = max(largest[0], tile_hw[0]) * max(largest[1], tile_hw[1]) + 2 * final[0] * final[1]
+    resolved: List[torch.device] = []
+
+    def stitch_for(channels: int) -> torch.device:
+        if not resolved:
+            resolved.append(resolve_stitch_device(settings.stitch_device, device, 4 * n * channels * pixels))
+        return resolved[0]
+
+    total: Optional[torch.Tensor] = None
+    for scale, dims in passes:
+        x = image
+        if scale != 1.0:
+            x = F.interpolate(x, size=_scaled_size(h, w, scale), mode="bilinear", align_corners=False)
+        if dims:
+            x = x.flip(dims)
+        if slide:
+            probs = _slide(model, x, tile_hw, settings.overlap, settings.gaussian, settings.tile_batch, amp,
+                           device, stitch_for)
+        else:
+            probs = _forward_probabilities(model, x, device, amp)
+            probs = probs.to(stitch_for(probs.shape[1]))
+        if dims:
+            probs = probs.flip(dims)
+        if tuple(probs.shape[-2:]) != final:
+            probs = F.interpolate(probs, size=final, mode="bilinear", align_corners=False)
+        total = probs if total is None else total.add_(probs)
+    assert total is not None
+    if len(passes) > 1:
+        total.div_(len(passes))
+    return total.to(home)
