@@ -41,7 +41,7 @@ from utils.distributed import cleanup as cleanup_distributed
 from utils.ema import ModelEMA
 from utils.fileio import write_json
 from utils.amp import autocast, grad_scaler, resolve_amp
-from utils.inference import labels_from_logits, labels_from_probabilities, predict_probabilities
+from utils.inference import is_plain, labels_from_logits, labels_from_probabilities, predict_probabilities
 from utils.losses import CombinedLoss, build_loss
 from utils.metrics import ConfusionMatrix, format_metrics
 from utils.registry import DATASETS, MODELS
@@ -452,12 +452,6 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, criterion: Combi
     return {**stats.summary(optimizer.param_groups[0]["lr"]), "interrupted": interrupted}
 
 
-def predicts_whole(settings: Any) -> bool:
-    """True when ``cfg.inference`` asks for a plain forward of the whole image (no window, no TTA)."""
-    return (settings is None or (settings.mode == "whole" and not settings.flips
-                                 and list(settings.scales) == [1.0]))
-
-
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
              threshold: float = 0.5, class_names: Optional[List[str]] = None, amp: str = "off",
@@ -472,7 +466,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, n
     """
     model.eval()
     amp = resolve_amp(amp, device, warn=False)
-    whole = predicts_whole(inference)
+    whole = is_plain(inference)
     cm = ConfusionMatrix(num_classes, class_names=class_names)
     palette = default_palette(num_classes) if palette is None else palette
     memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -242,7 +242,7 @@ def _settings_tile(settings: Any) -> Tuple[int, int]:
     return tile_hw
 
 
-def _plain(settings: Any) -> bool:
+def is_plain(settings: Any) -> bool:
     """True when ``settings`` asks for one forward of the whole image (no window, no TTA)."""
     return settings is None or (settings.mode == "whole" and not settings.flips and list(settings.scales) == [1.0])
 
@@ -288,7 +288,7 @@ def predict_probabilities(model: torch.nn.Module, image: torch.Tensor,
     device: in ``whole`` mode the image is moved there, in ``slide`` mode only
     its tiles are, and the passes are summed on the stitch device.
     """
-    if _plain(settings):
+    if is_plain(settings):
         with autocast(image.device, resolve_amp(amp, image.device, warn=False)):
             logits = model(image)
         if isinstance(logits, (list, tuple)):
