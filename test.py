@@ -74,7 +74,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def resolve(args: argparse.Namespace) -> Tuple[Config, Path, Dict[str, Any]]:
     """The config (from --config, else from the checkpoint), the checkpoint path and its state."""
-    check_paths = args.input is None
+    check_paths = args.input is None and not args.export
     if args.config:
         cfg = load_config(args.config, args.overrides, check_paths=check_paths)
         ckpt_path = Path(args.checkpoint) if args.checkpoint else cfg.run_dir / cfg.test.checkpoint

@@ -93,8 +93,9 @@ class Up(nn.Module):
         x = self.up(x)
         dy = skip.shape[-2] - x.shape[-2]
         dx = skip.shape[-1] - x.shape[-1]
-        if dy or dx:  # odd sizes upstream; negative values crop
-            x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
+        # odd sizes upstream; negative values crop. Padded even when both are 0, so that a
+        # graph traced or exported at one input size stays valid at every other size.
+        x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
         return self.conv(torch.cat([skip, x], dim=1))
 
 

@@ -101,7 +101,8 @@ class FullScaleStage(nn.Module):
             return F.max_pool2d(x, kernel_size=2 ** (self.level - k))
         if k == self.level:
             return x
-        return upsample_to(x, size)
+        # always a deeper, smaller map: no size test, which traced/exported graphs could not keep
+        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
     def forward(self, sources: List[torch.Tensor]) -> torch.Tensor:
         size = sources[self.level].shape[-2:]

@@ -46,12 +46,14 @@ MIN_SIZE = 2 ** (LEVELS - 1)  # four 2x poolings
 
 
 def pad_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Zero-pad (or crop, where the difference is negative) the last two dims of ``x`` to ``size``, centred."""
+    """Zero-pad (or crop, where the difference is negative) the last two dims of ``x`` to ``size``, centred.
+
+    Pads even when the sizes already match, so that a graph traced or exported at
+    one input size stays valid at every other size.
+    """
     dy = size[0] - x.shape[-2]
     dx = size[1] - x.shape[-1]
-    if dy or dx:
-        x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
-    return x
+    return F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
 
 
 def check_input(model_name: str, x: torch.Tensor, in_channels: int, min_size: int = MIN_SIZE) -> None:

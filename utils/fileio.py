@@ -32,6 +32,32 @@ def atomic_open(path: Union[str, Path], mode: str = "w") -> Iterator[IO[Any]]:
         raise
 
 
+@contextmanager
+def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
+    """A temp file name beside ``path`` for writers that take a file name, not a handle.
+
+    The temp name keeps ``path``'s suffix (some writers check it). On success
+    the file is flushed to disk and replaces ``path``; on an exception it is
+    removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def write_text(path: Union[str, Path], text: str) -> Path:
     with atomic_open(path, "w") as fh:
         fh.write(text)
