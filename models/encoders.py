@@ -244,6 +244,20 @@ def check_encoder_name(name: str) -> None:
     raise ValueError(message)
 
 
+# torchvision's MobileNetV3 uses BatchNorm momentum 0.01 (TensorFlow's 0.99 decay), tuned for long
+# ImageNet runs. For segmentation, fine-tuned or trained from scratch for a few thousand steps, its
+# running statistics then trail the weights far behind: on the demo a MobileNetV3 UNet's training
+# loss fell from 0.50 to 0.08 over 4 epochs while its validation Dice dropped from 0.47 to 0.14.
+# Every encoder therefore uses PyTorch's default 0.1, like the rest of the framework.
+BN_MOMENTUM = 0.1
+
+
+def set_batchnorm_momentum(model: nn.Module, momentum: float) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
+
+
 def build_encoder(name: str, in_channels: int = 3, pretrained: bool = False,
                   output_stride: int = 32) -> Encoder:
     """The torchvision backbone ``name`` as an :class:`Encoder` (see the module docstring).
@@ -266,6 +280,7 @@ def build_encoder(name: str, in_channels: int = 3, pretrained: bool = False,
     if weights is not None:
         load_weights(model, name, *weights)
     adapt_input_channels(model, in_channels, from_pretrained=pretrained)
+    set_batchnorm_momentum(model, BN_MOMENTUM)
     stages = _SPLITTERS[name](model)
     strides = [min(stride, output_stride) for stride in STRIDES]
     for stage, stride in zip(stages, STRIDES):

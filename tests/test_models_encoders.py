@@ -354,3 +354,12 @@ def test_param_count_deeplab_and_fcn_resnet18() -> None:
     assert n_params(cached_build("deeplabv3", encoder="resnet18")) == RESNET18_ENCODER_PARAMS + head
     assert n_params(cached_build("deeplabv3plus", encoder="resnet18")) == RESNET18_ENCODER_PARAMS + plus
     assert n_params(cached_build("fcn", encoder="resnet18")) == RESNET18_ENCODER_PARAMS + fcn == 11_766_721
+
+
+def test_encoder_batchnorm_momentum_is_pytorchs_default() -> None:
+    """torchvision's MobileNetV3 ships momentum 0.01; its running statistics would trail short runs."""
+    assert {m.momentum for m in torchvision.models.mobilenet_v3_small().modules()
+            if isinstance(m, nn.BatchNorm2d)} == {0.01}
+    encoder = build_encoder("mobilenet_v3_small")
+    momenta = {m.momentum for m in encoder.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert momenta == {0.1}
