@@ -384,6 +384,8 @@ def train_round(model: torch.nn.Module, batches: Iterator[Tuple[torch.Tensor, to
     clipping, the optimizer, the scheduler and the EMA step once.
     """
     raw_model = model if raw_model is None else raw_model
+    inner = getattr(model, "_orig_mod", model)  # under torch.compile
+    ddp = inner if isinstance(inner, DistributedDataParallel) else None
     stats = RoundStats() if stats is None else stats
     accumulate = cfg.train.accumulate
     amp = resolve_amp(cfg.train.amp, device, warn=False)
@@ -401,8 +403,7 @@ def train_round(model: torch.nn.Module, batches: Iterator[Tuple[torch.Tensor, to
             images = images.to(device, non_blocking=True, memory_format=memory_format)
             masks = masks.to(device, non_blocking=True)
             last = micro == accumulate - 1
-            sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not last \
-                else contextlib.nullcontext()
+            sync = ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()
             with sync:
                 with autocast(device, amp):
                     outputs = model(images)
