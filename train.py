@@ -2,12 +2,17 @@
 
     python train.py --config configs/demo.yaml [--set train.epochs=3 data.root=/my/data] [--resume]
     python train.py --config configs/demo.yaml --check-data    # scan the data, report problems, no training
+    torchrun --nproc_per_node 4 train.py --config configs/cityscapes.yaml   # DDP (see utils/distributed.py)
 
-Writes to ``<train.checkpoint_dir>/<experiment>/``: ``config.yaml`` (the
+Training runs in rounds (:class:`Plan`): epochs, or ``train.val_interval``
+iterations with ``train.iterations``; each round reseeds from (seed, round,
+rank) and may end with a validation. Writes to
+``<train.checkpoint_dir>/<experiment>/`` (rank 0 only): ``config.yaml`` (the
 resolved config), ``last.pt`` and ``best.pt`` (plain-typed, written
-atomically), ``metrics.json`` (per-epoch history), ``train.log`` and
-TensorBoard events. Ctrl-C finishes the current iteration, saves ``last.pt``
-and exits with status 130; ``--resume`` continues at the next epoch.
+atomically), ``metrics.json`` (per-round history), ``train.log`` and
+TensorBoard events. Ctrl-C finishes the current optimizer step, saves
+``last.pt`` and exits with status 130; ``--resume`` continues from exactly
+that step.
 """
 from __future__ import annotations
 
