@@ -32,7 +32,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 from tqdm import tqdm
 
 from datasets.check import check_dataset, format_report
@@ -93,6 +93,64 @@ def _worker_init(worker_id: int) -> None:
     random.seed(seed)
 
 
+class SeededSampler(Sampler):
+    """Wraps the training sampler to yield ``(index, seed)``: every sample draws its augmentations from a
+    seed of its own, a function of the round, the pass over the data, the position and the rank.
+
+    The augmentations then do not depend on which process runs them: the same
+    with 0 or 8 loader workers, persistent or not, and the same when
+    ``--resume`` replays part of a round in fresh workers. :meth:`start_round`
+    is called by :func:`round_batches` before each round.
+    """
+
+    def __init__(self, sampler: Sampler, rank: int = 0) -> None:
+        self.sampler, self.rank = sampler, rank
+        self.round_index, self.round_seed, self.passes = 0, 0, 0
+
+    def start_round(self, round_index: int, seed: int) -> None:
+        """Fix this round's orders and seeds. The order comes from the sampler's own generator (or
+        ``set_epoch``), never from the loader's, whose draws differ between a fresh and a reused iterator."""
+        self.round_index, self.round_seed, self.passes = round_index, seed, 0
+        generator = getattr(self.sampler, "generator", None)
+        if generator is not None:
+            generator.manual_seed(seed)
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(self.round_index * 1000 + self.passes)
+        entropy = [self.round_seed, self.passes, self.rank]
+        self.passes += 1
+        for position, index in enumerate(self.sampler):
+            yield index, int(np.random.SeedSequence([*entropy, position]).generate_state(1)[0])
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class SeededDataset(Dataset):
+    """Reads ``(index, seed)`` from :class:`SeededSampler`: the sample is drawn with torch, numpy and
+    ``random`` seeded by ``seed``, inside a fork, so the caller's RNG streams are left as they were."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: Tuple[int, int]) -> Any:
+        index, seed = item
+        numpy_state, python_state = np.random.get_state(), random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed also seeds every device (~30x slower)
+            np.random.seed(seed)
+            random.seed(seed)
+            try:
+                return self.dataset[index]
+            finally:
+                np.random.set_state(numpy_state)
+                random.setstate(python_state)
+
+
 def collate(batch: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
     """Stack (image, mask) pairs; different sizes get a message saying what to change."""
     sizes = {tuple(img.shape[-2:]) for img, _ in batch}
@@ -140,18 +198,17 @@ def build_loaders(cfg: Config, train_ds: Dataset, val_ds: Dataset, device: torch
     common: Dict[str, Any] = dict(num_workers=workers, pin_memory=device.type == "cuda",
                                   collate_fn=collate, worker_init_fn=_worker_init,
                                   persistent_workers=workers > 0)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)  # reseeded each round by round_batches
     if info.distributed:
-        sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                     seed=cfg.seed, drop_last=True)
-        train_loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True,
-                                  generator=generator, **common)
-        val_sampler = ShardSampler(val_ds, info.rank, info.world_size)
-        val_loader = DataLoader(val_ds, batch_size=cfg.train.val_batch_size, sampler=val_sampler, **common)
+        order: Sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                            seed=cfg.seed, drop_last=True)
+        val_loader = DataLoader(val_ds, batch_size=cfg.train.val_batch_size,
+                                sampler=ShardSampler(val_ds, info.rank, info.world_size), **common)
     else:
-        train_loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
-                                  generator=generator, **common)
+        order = RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed))
         val_loader = DataLoader(val_ds, batch_size=cfg.train.val_batch_size, shuffle=False, **common)
+    train_loader = DataLoader(SeededDataset(train_ds), batch_size=cfg.train.batch_size,
+                              sampler=SeededSampler(order, info.rank), drop_last=True, generator=generator, **common)
     return train_loader, val_loader
 
 
@@ -266,12 +323,10 @@ def round_batches(loader: DataLoader, seed: int, round_index: int) -> Iterator[T
     """Batches for one round: passes over ``loader`` as many as needed, each reshuffled, all fixed by the seed."""
     if loader.generator is not None:
         loader.generator.manual_seed(round_seed(seed, round_index))
-    passes = 0
+    if isinstance(loader.sampler, SeededSampler):
+        loader.sampler.start_round(round_index, round_seed(seed, round_index))
     while True:
-        if isinstance(loader.sampler, DistributedSampler):
-            loader.sampler.set_epoch(round_index * 1000 + passes)
         yield from loader
-        passes += 1
 
 
 def capture_rng() -> Dict[str, Any]:

@@ -190,3 +190,33 @@ def test_deterministic_runs_repeat_and_resume_exactly(tiny_run: Path, tmp_path: 
     resumed = run("c", resume=True)
     assert losses(resumed) == losses(first)
     assert [r["val"] for r in resumed] == [r["val"] for r in first]
+
+
+def test_mid_epoch_resume_is_exact_with_loader_workers(tiny_run: Path, tmp_path: Path,  # noqa: F811
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a (persistent) worker process the augmentations run there; each sample is seeded from
+    (round, pass, position), so the replay after --resume in a fresh worker draws them again identically."""
+    common = ["train.epochs=2", "train.tensorboard=false", "data.num_workers=1",
+              "transforms.train=[{name: hflip}, {name: random_resized_crop, size: 24}, {name: normalize}]"]
+
+    def run(name: str, resume: bool = False, *extra: str) -> List[Dict[str, Any]]:
+        train.run(load_config(tiny_run, [*common, f"experiment={name}", *extra]), resume="" if resume else None)
+        return load_checkpoint(tmp_path / "checkpoint" / name / "last.pt")["history"]
+
+    whole = run("whole")
+    # Each sample's augmentation has its own seed: the curve does not depend on where samples are loaded.
+    assert losses(run("in_process", False, "data.num_workers=0")) == losses(whole)
+    calls = {"n": 0}
+    real_any_rank = train.any_rank
+
+    def interrupt_at_step_6(flag: bool, device: torch.device) -> bool:
+        calls["n"] += 1
+        return real_any_rank(flag or calls["n"] == 6, device)
+
+    monkeypatch.setattr(train, "any_rank", interrupt_at_step_6)
+    run("cut")
+    monkeypatch.setattr(train, "any_rank", real_any_rank)
+    assert load_checkpoint(tmp_path / "checkpoint" / "cut" / "last.pt")["partial"]["steps"] == 2
+    resumed = run("cut", resume=True)
+    assert losses(resumed) == losses(whole)
+    assert [r["val"] for r in resumed] == [r["val"] for r in whole]
