@@ -141,7 +141,8 @@ class SeededDataset(Dataset):
         index, seed = item
         numpy_state, python_state = np.random.get_state(), random.getstate()
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed also seeds every device (~30x slower)
+            # The CPU generator only: torch.manual_seed also seeds every device, ~100x slower.
+            torch.default_generator.manual_seed(seed)
             np.random.seed(seed)
             random.seed(seed)
             try:
@@ -191,8 +192,8 @@ def build_loaders(cfg: Config, train_ds: Dataset, val_ds: Dataset, device: torch
     info = info or DistInfo()
     per_process = len(train_ds) // info.world_size
     if per_process < cfg.train.batch_size:
-        raise ValueError(f"{cfg.data.root}: the train split has {len(train_ds)} images, "
-                         f"{'fewer than' if info.world_size == 1 else f'{per_process} per process for {info.world_size} processes, fewer than'} "
+        share = "" if info.world_size == 1 else f", {per_process} per process for {info.world_size} processes"
+        raise ValueError(f"{cfg.data.root}: the train split has {len(train_ds)} images{share}, fewer than "
                          f"train.batch_size={cfg.train.batch_size}; lower the batch size")
     workers = resolve_num_workers(cfg.data.num_workers, device)
     common: Dict[str, Any] = dict(num_workers=workers, pin_memory=device.type == "cuda",
