@@ -220,3 +220,12 @@ def test_mid_epoch_resume_is_exact_with_loader_workers(tiny_run: Path, tmp_path:
     resumed = run("cut", resume=True)
     assert losses(resumed) == losses(whole)
     assert [r["val"] for r in resumed] == [r["val"] for r in whole]
+
+
+def test_too_few_images_per_process_is_a_clear_error(binary_folder: Path) -> None:
+    cfg = config_from_dict(minimal_config(binary_folder, train={"batch_size": 4}))
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match="has 5 images, 2 per process for 2 processes, fewer than train.batch_size=4"):
+        train.build_loaders(cfg, range(5), range(2), cpu, train.DistInfo(rank=0, local_rank=0, world_size=2))
+    with pytest.raises(ValueError, match="has 3 images, fewer than train.batch_size=4"):
+        train.build_loaders(cfg, range(3), range(2), cpu)
