@@ -97,7 +97,7 @@ def test_plan_in_epochs_and_in_iterations(binary_folder: Path) -> None:
 def test_amp_modes_resolve_per_device(caplog: pytest.LogCaptureFixture) -> None:
     cpu = torch.device("cpu")
     assert resolve_amp("bf16", cpu) == "bf16" and resolve_amp("off", cpu) == "off"
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO, logger="utils.amp"):
         assert resolve_amp("fp16", cpu) == "off"
     assert "fp16 needs CUDA" in caplog.text
     with pytest.raises(ValueError, match="bf16, fp16, off"):

@@ -3,8 +3,8 @@
 * ``bf16``: autocast to bfloat16, no loss scaling (bf16 has fp32's exponent range).
   Runs on CUDA (Ampere or newer) and on the CPU.
 * ``fp16``: autocast to float16 with a ``GradScaler`` against gradient
-  underflow. CUDA only: on the CPU it falls back to ``off`` with a warning,
-  because CPU float16 kernels are slow and partly missing.
+  underflow. CUDA only: on the CPU it falls back to ``off`` (logged), because
+  CPU float16 kernels are slow and partly missing.
 * ``off``: float32 throughout.
 
 Losses and metrics always run in float32: ``utils.losses`` casts the logits
@@ -29,8 +29,10 @@ def resolve_amp(amp: str, device: torch.device, warn: bool = True) -> str:
     if amp not in AMP_MODES:
         raise ValueError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     if amp == "fp16" and device.type != "cuda":
+        # Logged as information: the shipped configs ask for fp16 so that they use it on GPUs,
+        # and running them on a CPU is expected, not a mistake.
         if warn:
-            log.warning("train.amp: fp16 needs CUDA; running in float32 on %s (bf16 works on the CPU)", device)
+            log.info("train.amp: fp16 needs CUDA; running in float32 on %s (bf16 works on the CPU)", device)
         return "off"
     if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         if warn:
