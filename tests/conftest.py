@@ -6,6 +6,7 @@ from typing import Any, Dict
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 
@@ -50,3 +51,20 @@ def minimal_config(root: Path, **sections: Any) -> Dict[str, Any]:
         else:
             raw[key] = value
     return raw
+
+
+@pytest.fixture
+def tiny_run(tmp_path: Path) -> Path:
+    """A config file for 24 tiny binary pairs, writing under tmp_path."""
+    root = tmp_path / "data"
+    rng = np.random.default_rng(1)
+    for i in range(24):
+        write_pair(root, f"case_{i:02d}", rng, size=32)
+    raw = minimal_config(root, train={"epochs": 2, "batch_size": 4, "val_batch_size": 2, "monitor": "dice_foreground",
+                                      "checkpoint_dir": str(tmp_path / "checkpoint"), "progress": False},
+                         test={"output_dir": str(tmp_path / "results")},
+                         optimizer={"lr": 0.01}, scheduler={"name": "none"})
+    raw["model"].update(base_channels=8, depth=2)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path

@@ -10,7 +10,7 @@ from typing import List
 import torch
 
 import train
-from tests.test_train_e2e import REPO, tiny_run  # noqa: F401 - the fixture
+from tests.test_train_e2e import REPO
 from utils.checkpoint import load_checkpoint
 from utils.config import load_config
 from utils.distributed import ShardSampler
@@ -29,7 +29,7 @@ def test_shard_sampler_covers_every_sample_once() -> None:
     assert sorted(i for shard in shards for i in shard) == list(range(7))
 
 
-def test_two_gloo_processes_train_resume_and_match_single_process_metrics(tiny_run: Path,  # noqa: F811
+def test_two_gloo_processes_train_resume_and_match_single_process_metrics(tiny_run: Path,
                                                                           tmp_path: Path) -> None:
     # Batch 1 and one thread in every process and below, so the same image meets the same kernels.
     result = torchrun(tiny_run, "--set", "train.sync_bn=true", "train.tensorboard=false", "train.val_batch_size=1")

@@ -19,7 +19,6 @@ import yaml
 from PIL import Image
 
 import train
-from tests.conftest import minimal_config, write_pair
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,23 +30,6 @@ def load_test_script() -> ModuleType:
     assert spec.loader is not None
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture
-def tiny_run(tmp_path: Path) -> Path:
-    """A config file for 24 tiny binary pairs, writing under tmp_path."""
-    root = tmp_path / "data"
-    rng = np.random.default_rng(1)
-    for i in range(24):
-        write_pair(root, f"case_{i:02d}", rng, size=32)
-    raw = minimal_config(root, train={"epochs": 2, "batch_size": 4, "val_batch_size": 2, "monitor": "dice_foreground",
-                                      "checkpoint_dir": str(tmp_path / "checkpoint"), "progress": False},
-                         test={"output_dir": str(tmp_path / "results")},
-                         optimizer={"lr": 0.01}, scheduler={"name": "none"})
-    raw["model"].update(base_channels=8, depth=2)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def test_train_resume_and_predict(tiny_run: Path, tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ from torch import nn
 
 import train
 from tests.conftest import minimal_config
-from tests.test_train_e2e import tiny_run  # noqa: F401 - the fixture
 from utils.amp import resolve_amp
 from utils.checkpoint import load_checkpoint
 from utils.config import config_from_dict, load_config
@@ -112,7 +111,7 @@ def test_amp_true_and_false_in_yaml_mean_fp16_and_off(binary_folder: Path) -> No
 # ----------------------------------------------------------------- runs
 
 
-def test_iteration_mode_validates_every_k_iterations(tiny_run: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_iteration_mode_validates_every_k_iterations(tiny_run: Path, tmp_path: Path) -> None:
     assert train.main(["--config", str(tiny_run), "--set", "train.iterations=5", "train.val_interval=2",
                        "scheduler.name=poly", "train.tensorboard=false"]) == 0
     state = load_checkpoint(run_dir(tmp_path) / "last.pt")
@@ -121,7 +120,7 @@ def test_iteration_mode_validates_every_k_iterations(tiny_run: Path, tmp_path: P
     assert state["history"][-1]["lr"] == 0.0  # poly reaches 0 exactly at the last iteration
 
 
-def test_early_stopping_after_patience(tiny_run: Path, tmp_path: Path,  # noqa: F811
+def test_early_stopping_after_patience(tiny_run: Path, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     scores = iter([0.5, 0.7, 0.6, 0.7, 0.65, 0.9])
 
@@ -137,7 +136,7 @@ def test_early_stopping_after_patience(tiny_run: Path, tmp_path: Path,  # noqa: 
     assert state["round"] == 2
 
 
-def test_ema_run_validates_and_saves_the_average(tiny_run: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_ema_run_validates_and_saves_the_average(tiny_run: Path, tmp_path: Path) -> None:
     assert train.main(["--config", str(tiny_run), "--set", "train.ema=0.9", "train.epochs=2",
                        "train.tensorboard=false"]) == 0
     state = load_checkpoint(run_dir(tmp_path) / "last.pt")
@@ -147,7 +146,7 @@ def test_ema_run_validates_and_saves_the_average(tiny_run: Path, tmp_path: Path)
     assert all(not torch.equal(state["ema"]["module"][k], state["model"][k]) for k in convs)
 
 
-def test_bf16_channels_last_and_compile_train_on_cpu(tiny_run: Path, tmp_path: Path,  # noqa: F811
+def test_bf16_channels_last_and_compile_train_on_cpu(tiny_run: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     # The eager backend runs the torch.compile path (Dynamo tracing) without a C++ toolchain build.
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
@@ -159,7 +158,7 @@ def test_bf16_channels_last_and_compile_train_on_cpu(tiny_run: Path, tmp_path: P
     assert torch.isfinite(torch.tensor(state["history"][0]["train_loss"]))
 
 
-def test_deterministic_runs_repeat_and_resume_exactly(tiny_run: Path, tmp_path: Path,  # noqa: F811
+def test_deterministic_runs_repeat_and_resume_exactly(tiny_run: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     common = ["deterministic=true", "train.epochs=3", "train.tensorboard=false", "scheduler.name=poly",
               "transforms.train=[{name: hflip}, {name: random_resized_crop, size: 24}, {name: normalize}]",
@@ -192,7 +191,7 @@ def test_deterministic_runs_repeat_and_resume_exactly(tiny_run: Path, tmp_path: 
     assert [r["val"] for r in resumed] == [r["val"] for r in first]
 
 
-def test_mid_epoch_resume_is_exact_with_loader_workers(tiny_run: Path, tmp_path: Path,  # noqa: F811
+def test_mid_epoch_resume_is_exact_with_loader_workers(tiny_run: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """With a (persistent) worker process the augmentations run there; each sample is seeded from
     (round, pass, position), so the replay after --resume in a fresh worker draws them again identically."""
