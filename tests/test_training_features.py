@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import pytest
 import torch
@@ -26,6 +26,27 @@ def run_dir(tmp_path: Path) -> Path:
 
 def losses(history: List[Dict[str, Any]]) -> List[float]:
     return [record["train_loss"] for record in history]
+
+
+def train_history(config: Path, tmp_path: Path, overrides: List[str], name: str,
+                  resume: bool = False) -> List[Dict[str, Any]]:
+    """Train experiment ``name`` (or resume it) and return the history saved in its last.pt."""
+    train.run(load_config(config, [*overrides, f"experiment={name}"]), resume="" if resume else None)
+    return load_checkpoint(tmp_path / "checkpoint" / name / "last.pt")["history"]
+
+
+def interrupted_at_step(step: int, monkeypatch: pytest.MonkeyPatch, action: Callable[[], Any]) -> Any:
+    """Run ``action`` as if Ctrl-C arrived during optimizer step ``step`` (counted over the whole run)."""
+    calls = {"n": 0}
+    real_any_rank = train.any_rank
+
+    def any_rank(flag: bool, device: torch.device) -> bool:
+        calls["n"] += 1
+        return real_any_rank(flag or calls["n"] == step, device)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "any_rank", any_rank)
+        return action()
 
 
 # ----------------------------------------------------------------- units
@@ -164,29 +185,15 @@ def test_deterministic_runs_repeat_and_resume_exactly(tiny_run: Path, tmp_path: 
               "transforms.train=[{name: hflip}, {name: random_resized_crop, size: 24}, {name: normalize}]",
               "train.ema=0.9"]
 
-    def run(name: str, *extra: str, resume: bool = False) -> List[Dict[str, Any]]:
-        cfg = load_config(tiny_run, [*common, f"experiment={name}", *extra])
-        train.run(cfg, resume="" if resume else None)
-        return load_checkpoint(tmp_path / "checkpoint" / name / "last.pt")["history"]
-
-    first, second = run("a"), run("b")
+    first, second = (train_history(tiny_run, tmp_path, common, name) for name in ("a", "b"))
     assert losses(first) == losses(second)
     assert [r["val"]["confusion_matrix"] for r in first] == [r["val"]["confusion_matrix"] for r in second]
 
-    # Ctrl-C in the middle of epoch 2 (after its third optimizer step), then --resume.
-    calls = {"n": 0}
-    real_any_rank = train.any_rank
-
-    def interrupt_at_step_7(flag: bool, device: torch.device) -> bool:
-        calls["n"] += 1
-        return real_any_rank(flag or calls["n"] == 7, device)
-
-    monkeypatch.setattr(train, "any_rank", interrupt_at_step_7)
-    cut = run("c")
-    monkeypatch.setattr(train, "any_rank", real_any_rank)
+    # Ctrl-C in the middle of epoch 2 (4 steps an epoch: during its third step), then --resume.
+    cut = interrupted_at_step(7, monkeypatch, lambda: train_history(tiny_run, tmp_path, common, "c"))
     state = load_checkpoint(tmp_path / "checkpoint" / "c" / "last.pt")
     assert len(cut) == 1 and state["partial"]["round"] == 2 and state["partial"]["steps"] == 3
-    resumed = run("c", resume=True)
+    resumed = train_history(tiny_run, tmp_path, common, "c", resume=True)
     assert losses(resumed) == losses(first)
     assert [r["val"] for r in resumed] == [r["val"] for r in first]
 
@@ -198,25 +205,13 @@ def test_mid_epoch_resume_is_exact_with_loader_workers(tiny_run: Path, tmp_path:
     common = ["train.epochs=2", "train.tensorboard=false", "data.num_workers=1",
               "transforms.train=[{name: hflip}, {name: random_resized_crop, size: 24}, {name: normalize}]"]
 
-    def run(name: str, resume: bool = False, *extra: str) -> List[Dict[str, Any]]:
-        train.run(load_config(tiny_run, [*common, f"experiment={name}", *extra]), resume="" if resume else None)
-        return load_checkpoint(tmp_path / "checkpoint" / name / "last.pt")["history"]
-
-    whole = run("whole")
+    whole = train_history(tiny_run, tmp_path, common, "whole")
     # Each sample's augmentation has its own seed: the curve does not depend on where samples are loaded.
-    assert losses(run("in_process", False, "data.num_workers=0")) == losses(whole)
-    calls = {"n": 0}
-    real_any_rank = train.any_rank
-
-    def interrupt_at_step_6(flag: bool, device: torch.device) -> bool:
-        calls["n"] += 1
-        return real_any_rank(flag or calls["n"] == 6, device)
-
-    monkeypatch.setattr(train, "any_rank", interrupt_at_step_6)
-    run("cut")
-    monkeypatch.setattr(train, "any_rank", real_any_rank)
+    in_process = train_history(tiny_run, tmp_path, [*common, "data.num_workers=0"], "in_process")
+    assert losses(in_process) == losses(whole)
+    interrupted_at_step(6, monkeypatch, lambda: train_history(tiny_run, tmp_path, common, "cut"))
     assert load_checkpoint(tmp_path / "checkpoint" / "cut" / "last.pt")["partial"]["steps"] == 2
-    resumed = run("cut", resume=True)
+    resumed = train_history(tiny_run, tmp_path, common, "cut", resume=True)
     assert losses(resumed) == losses(whole)
     assert [r["val"] for r in resumed] == [r["val"] for r in whole]
 
