@@ -289,11 +289,7 @@ def predict_probabilities(model: torch.nn.Module, image: torch.Tensor,
     its tiles are, and the passes are summed on the stitch device.
     """
     if is_plain(settings):
-        with autocast(image.device, resolve_amp(amp, image.device, warn=False)):
-            logits = model(image)
-        if isinstance(logits, (list, tuple)):
-            logits = logits[0]
-        probs = probabilities(logits)
+        probs = _forward_probabilities(model, image, image.device, resolve_amp(amp, image.device, warn=False))
         if out_size is not None and tuple(probs.shape[-2:]) != tuple(out_size):
             probs = F.interpolate(probs, size=out_size, mode="bilinear", align_corners=False)
         return probs
