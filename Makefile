@@ -26,7 +26,7 @@ demo-data: venv
 	$(PY) -m datasets.synthetic --out data/demo --num-classes 2
 
 demo: demo-data
-	$(PY) train.py --config configs/demo.yaml
+	$(PY) train.py --config configs/demo.yaml --overwrite
 	$(PY) test.py --config configs/demo.yaml
 	@echo ""
 	@echo "Checkpoints and training curves: checkpoint/demo/  (tensorboard --logdir checkpoint)"
@@ -34,7 +34,7 @@ demo: demo-data
 
 demo-multiclass: venv
 	$(PY) -m datasets.synthetic --out data/demo_multiclass --num-classes 4
-	$(PY) train.py --config configs/demo_multiclass.yaml
+	$(PY) train.py --config configs/demo_multiclass.yaml --overwrite
 	$(PY) test.py --config configs/demo_multiclass.yaml
 
 bench: venv

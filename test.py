@@ -8,7 +8,8 @@ Writes ``<test.output_dir>/<experiment>/`` (or ``--output``):
 
 * ``masks/<name>.png``    binary: 0/255 grayscale; multiclass: palette PNG of class indices
 * ``overlays/<name>.png`` the image with the prediction blended in, its contours in the
-                          class colour and the ground-truth contour in white
+                          class colour (binary: cyan or yellow, to stand out on red
+                          tissue) and the ground-truth contour in white
 * ``overview.png``        a grid of the first images beside their overlays
 * ``per_image.csv``       Dice and IoU per image (when masks exist)
 * ``summary.json``        dataset-level metrics from one confusion matrix, the per-image
@@ -38,16 +39,19 @@ import torch
 from tqdm import tqdm
 
 from datasets import list_images, read_image
-from train import build_model, class_info, select_device, setup_logging
-from utils.checkpoint import inference_weights, load_checkpoint
-from utils.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
-from utils.constants import IGNORE_INDEX
+from utils.builders import build_model, class_info
+from utils.checkpoint import inference_weights, load_checkpoint, load_weights, saved_config
+from utils.cli import add_config_arguments, guarded, setup_logging
+from utils.config import Config, apply_overrides, config_from_dict, load_config
+from utils.constants import IGNORE_INDEX, IMAGE_SUFFIXES
+from utils.errors import CheckpointError, ConfigError, DataError
 from utils.export import FORMATS as EXPORT_FORMATS
 from utils.export import ExportError, default_export_path, export_model, sidecar_path
 from utils.fileio import atomic_open, write_json
 from utils.inference import labels_from_probabilities, predict_probabilities
 from utils.metrics import ConfusionMatrix, format_metrics, per_image_scores
 from utils.registry import DATASETS
+from utils.runtime import select_device
 from utils.transforms import build_transforms
 from utils.visualize import make_grid, mask_image, overlay, save_png, to_display
 
@@ -58,10 +62,10 @@ Sample = Tuple[str, torch.Tensor, Optional[torch.Tensor]]
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Predict with a trained segmentation checkpoint.")
-    p.add_argument("--config", help="experiment YAML (optional when --checkpoint is given)")
-    p.add_argument("--checkpoint", help="checkpoint file (default: <run dir>/<test.checkpoint>)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override config keys, e.g. --set test.split=test")
+    add_config_arguments(p, config_required=False)
+    p.add_argument("--checkpoint", help="checkpoint file (default: <run dir>/<test.checkpoint>); alone, the "
+                                        "model and data are rebuilt from the config saved in it")
+    p.add_argument("--split", help="the dataset split to predict (default: test.split from the config)")
     p.add_argument("--input", help="a folder of images (no masks needed) to predict instead of a split")
     p.add_argument("--output", help="output folder (default: <test.output_dir>/<experiment>)")
     p.add_argument("--export", choices=list(EXPORT_FORMATS),
@@ -75,29 +79,45 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def resolve(args: argparse.Namespace) -> Tuple[Config, Path, Dict[str, Any]]:
     """The config (from --config, else from the checkpoint), the checkpoint path and its state."""
     check_paths = args.input is None and not args.export
+    overrides = [*args.overrides, *([f"test.split={args.split}"] if args.split else [])]
     if args.config:
-        cfg = load_config(args.config, args.overrides, check_paths=check_paths)
+        cfg = load_config(args.config, overrides, check_paths=check_paths)
         ckpt_path = Path(args.checkpoint) if args.checkpoint else cfg.run_dir / cfg.test.checkpoint
-        state = load_checkpoint(ckpt_path)
+        state = load_checkpoint(ckpt_path, missing_hint=f"train first (python train.py --config {args.config}) "
+                                                        "or pass --checkpoint PATH")
     elif args.checkpoint:
         ckpt_path = Path(args.checkpoint)
         state = load_checkpoint(ckpt_path)
-        raw = state.get("config")
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{ckpt_path}: holds no config; pass --config")
-        keys = apply_overrides(raw, args.overrides)
+        raw = saved_config(state)
+        if raw is None:
+            raise CheckpointError(f"{ckpt_path}: holds no config; pass --config too")
+        keys = apply_overrides(raw, overrides)
         cfg = config_from_dict(raw, source=f"{ckpt_path} (saved config)", overridden=keys, check_paths=check_paths)
     else:
         raise ConfigError("give --config, --checkpoint, or both")
+    if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
+        raise ConfigError(f"--output {args.output}: is a file, not a folder; name a folder (it is created "
+                          "if missing)")
     return cfg, ckpt_path, state
+
+
+def load_model(cfg: Config, ckpt_path: Path, state: Dict[str, Any], from_config: bool) -> torch.nn.Module:
+    """The config's model with the checkpoint's inference weights; a mismatch says what each holds."""
+    model = build_model(cfg)
+    fix = (f"predict with the checkpoint's own config: python test.py --checkpoint {ckpt_path}" if from_config
+           else "drop the --set overrides of model.* and data.num_classes")
+    load_weights(model, inference_weights(state), ckpt_path, state, cfg.to_dict(), fix)
+    return model
 
 
 def iter_samples(cfg: Config, input_dir: Optional[str]) -> Tuple[int, Iterator[Sample]]:
     """(count, iterator of (name, raw image (C,H,W) float, raw mask (H,W) or None))."""
     if input_dir is not None:
+        if not Path(input_dir).is_dir():
+            raise DataError(f"--input {input_dir}: folder does not exist")
         paths = list_images(Path(input_dir))
         if not paths:
-            raise FileNotFoundError(f"{input_dir}: no images ({', '.join(('.png', '.jpg', '.tif'))} ...) found")
+            raise DataError(f"--input {input_dir}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
         intensity = cfg.data.options.get("intensity", "auto")
 
         def from_folder() -> Iterator[Sample]:
@@ -105,7 +125,10 @@ def iter_samples(cfg: Config, input_dir: Optional[str]) -> Tuple[int, Iterator[S
                 yield path.stem, read_image(path, intensity=intensity, in_channels=cfg.model.in_channels), None
         return len(paths), from_folder()
 
-    dataset = DATASETS.build(cfg.data.name, split=cfg.test.split, transforms=None, **cfg.dataset_kwargs())
+    try:
+        dataset = DATASETS.build(cfg.data.name, split=cfg.test.split, transforms=None, **cfg.dataset_kwargs())
+    except DataError as exc:
+        raise DataError(f"test.split={cfg.test.split!r} (--split): {exc}") from exc
 
     def from_dataset() -> Iterator[Sample]:
         for i, (image_path, _) in enumerate(dataset.samples):
@@ -167,10 +190,9 @@ def _per_image_means(rows: List[Dict[str, Any]], num_classes: int) -> Dict[str, 
 
 
 def run(cfg: Config, ckpt_path: Path, state: Dict[str, Any], input_dir: Optional[str] = None,
-        output: Optional[str] = None) -> Dict[str, Any]:
+        output: Optional[str] = None, from_config: bool = True) -> Dict[str, Any]:
     device = select_device(cfg.device)
-    model = build_model(cfg)
-    model.load_state_dict(inference_weights(state))
+    model = load_model(cfg, ckpt_path, state, from_config)
     model.to(device).eval()
     transforms = build_transforms(cfg.transforms.val)
     out_dir = Path(output) if output else Path(cfg.test.output_dir) / cfg.experiment
@@ -193,7 +215,8 @@ def run(cfg: Config, ckpt_path: Path, state: Dict[str, Any], input_dir: Optional
             rows.append(_csv_row(name, per_image_scores(pred_t, mask, num_classes, IGNORE_INDEX, class_names)))
         if cfg.test.save_overlays:
             display = to_display(image)
-            shown = overlay(display, pred, palette, cfg.test.overlay_alpha, target)
+            shown = overlay(display, pred, palette, cfg.test.overlay_alpha, target,
+                            binary=num_classes == 2, color=cfg.test.overlay_color)
             save_png(shown, out_dir / "overlays" / f"{name}.png")
             if len(thumbs) < 12:
                 thumbs.append(np.concatenate([display, shown], axis=1))
@@ -219,18 +242,18 @@ def run(cfg: Config, ckpt_path: Path, state: Dict[str, Any], input_dir: Optional
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Predict (or export); exit status 0 when done, 2 for a user's mistake (one ERROR line)."""
     args = parse_args(argv)
     setup_logging()
-    try:
-        cfg, ckpt_path, state = resolve(args)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
+    return guarded(lambda: _main(args), log, args.debug)
+
+
+def _main(args: argparse.Namespace) -> int:
+    cfg, ckpt_path, state = resolve(args)
     if args.export:
         folder = Path(args.output) if args.output else ckpt_path.parent
         out_path = Path(args.export_path) if args.export_path else default_export_path(folder, args.export)
-        model = build_model(cfg)
-        model.load_state_dict(inference_weights(state))
+        model = load_model(cfg, ckpt_path, state, bool(args.config))
         try:
             export_model(model, cfg, args.export, out_path, checkpoint=ckpt_path, epoch=state.get("epoch"),
                          class_names=class_info(cfg)[0])
@@ -240,7 +263,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.info("%s model written to %s (facts for deployment in %s)", args.export, out_path,
                  sidecar_path(out_path))
         return 0
-    run(cfg, ckpt_path, state, args.input, args.output)
+    run(cfg, ckpt_path, state, args.input, args.output, from_config=bool(args.config))
     return 0
 
 

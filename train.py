@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import logging
 import math
 import os
@@ -35,10 +36,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 from tqdm import tqdm
 
-from datasets.check import check_dataset, format_report
-from utils.checkpoint import load_checkpoint, save_checkpoint
+from datasets.check import DATA_CHECK_CACHE, check_before_training, check_dataset, format_report
+from utils.builders import build_model, class_info
+from utils.checkpoint import inference_state, load_checkpoint, load_weights, require_resumable, save_checkpoint
+from utils.cli import EXIT_INTERRUPTED, add_config_arguments, guarded, log_to_file, setup_logging
 from utils.class_stats import CLASS_STATS_FILE, cached_class_counts, class_weights, format_weights
-from utils.config import Config, ConfigError, load_config, save_config
+from utils.config import Config, load_config, save_config
+from utils.errors import ConfigError, DataError, TrainingDiverged
 from utils.constants import IGNORE_INDEX
 from utils.distributed import (DistInfo, ShardSampler, any_rank, broadcast_buffers, init_distributed,
                                mean_over_ranks)
@@ -49,7 +53,10 @@ from utils.amp import autocast, grad_scaler, resolve_amp
 from utils.inference import is_plain, labels_from_logits, labels_from_probabilities, predict_probabilities
 from utils.losses import CombinedLoss, build_loss
 from utils.metrics import ConfusionMatrix, format_metrics
-from utils.registry import DATASETS, MODELS
+from utils.registry import DATASETS
+from utils.run_folder import check_run_folder, open_run_folder, removed_if_failed
+from utils.runtime import (StopFlag, capture_rng, configure_runtime, restore_rng, restore_runtime, seed_everything,
+                           select_device)
 from utils.schedulers import build_scheduler as build_lr_scheduler
 from utils.transforms import build_transforms
 from utils.visualize import colorize, default_palette, make_grid, to_display
@@ -58,31 +65,6 @@ log = logging.getLogger("train")
 
 
 # ----------------------------------------------------------------- setup
-
-
-def setup_logging(log_file: Optional[Path] = None, level: int = logging.INFO) -> None:
-    """Log lines to stderr and, when given, to ``log_file``."""
-    handlers: List[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", handlers=handlers, force=True)
-
-
-def select_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} asked for but CUDA is not available; use device: auto or cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _worker_init(worker_id: int) -> None:
@@ -156,7 +138,7 @@ def collate(batch: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch.T
     """Stack (image, mask) pairs; different sizes get a message saying what to change."""
     sizes = {tuple(img.shape[-2:]) for img, _ in batch}
     if len(sizes) > 1:
-        raise ValueError(
+        raise DataError(
             f"cannot batch images of different sizes {sorted(sizes)}: add a resize or crop to the "
             "transforms of this split, or use batch size 1 (train.val_batch_size: 1 for validation)")
     images = torch.stack([img.as_subclass(torch.Tensor) for img, _ in batch])
@@ -193,7 +175,7 @@ def build_loaders(cfg: Config, train_ds: Dataset, val_ds: Dataset, device: torch
     per_process = len(train_ds) // info.world_size
     if per_process < cfg.train.batch_size:
         share = "" if info.world_size == 1 else f", {per_process} per process for {info.world_size} processes"
-        raise ValueError(f"{cfg.data.root}: the train split has {len(train_ds)} images{share}, fewer than "
+        raise DataError(f"{cfg.data.root}: the train split has {len(train_ds)} images{share}, fewer than "
                          f"train.batch_size={cfg.train.batch_size}; lower the batch size")
     workers = resolve_num_workers(cfg.data.num_workers, device)
     common: Dict[str, Any] = dict(num_workers=workers, pin_memory=device.type == "cuda",
@@ -213,14 +195,6 @@ def build_loaders(cfg: Config, train_ds: Dataset, val_ds: Dataset, device: torch
     return train_loader, val_loader
 
 
-def class_info(cfg: Config) -> Tuple[Optional[List[str]], np.ndarray]:
-    """Class names (config first, then the dataset's official ones) and the (256, 3) palette."""
-    dataset_cls = DATASETS.get(cfg.data.name)
-    names = cfg.data.class_names or getattr(dataset_cls, "class_names", None)
-    palette = getattr(dataset_cls, "palette", None)
-    return names, (palette if palette is not None else default_palette(cfg.data.num_classes))
-
-
 def resolve_class_weights(cfg: Config, train_ds: Dataset, run_dir: Path) -> List[Dict[str, Any]]:
     """``cfg.loss`` with ``class_weights: inverse | median_frequency`` replaced by one number per class,
     computed from the training masks (counted once, cached in ``<run_dir>/class_stats.json``)."""
@@ -235,10 +209,6 @@ def resolve_class_weights(cfg: Config, train_ds: Dataset, run_dir: Path) -> List
         spec["class_weights"] = class_weights(counts, method)
         log.info("%s class weights (%s): %s", spec["name"], method, format_weights(spec["class_weights"], names))
     return specs
-
-
-def build_model(cfg: Config) -> torch.nn.Module:
-    return MODELS.build(cfg.model.name, **cfg.model_kwargs())
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -330,73 +300,7 @@ def round_batches(loader: DataLoader, seed: int, round_index: int) -> Iterator[T
         yield from loader
 
 
-def capture_rng() -> Dict[str, Any]:
-    """The global RNG states as plain values (loadable with ``weights_only=True``)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: Dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
-                             "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def configure_runtime(cfg: Config, device: torch.device) -> Dict[str, Any]:
-    """Determinism and cuDNN settings for this run; returns the previous ones for :func:`restore_runtime`."""
-    previous = {"deterministic": torch.are_deterministic_algorithms_enabled(),
-                "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
-                "cudnn_deterministic": torch.backends.cudnn.deterministic,
-                "cudnn_benchmark": torch.backends.cudnn.benchmark}
-    if cfg.deterministic:
-        # cuBLAS needs this before its first call to pick deterministic kernels.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        # warn_only: some CUDA backward kernels (bilinear upsampling) have no deterministic
-        # version; they warn instead of stopping the run.
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark and device.type == "cuda"
-    return previous
-
-
-def restore_runtime(previous: Dict[str, Any]) -> None:
-    torch.use_deterministic_algorithms(previous["deterministic"], warn_only=previous["warn_only"])
-    torch.backends.cudnn.deterministic = previous["cudnn_deterministic"]
-    torch.backends.cudnn.benchmark = previous["cudnn_benchmark"]
-
-
 # ----------------------------------------------------------------- loops
-
-
-class StopFlag:
-    """Set by the first Ctrl-C; the loops finish the current step and return."""
-
-    def __init__(self) -> None:
-        self.stop = False
-        self._previous: Any = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        log.warning("interrupt received: finishing this step, saving last.pt (Ctrl-C again to abort)")
-        self.stop = True
-        signal.signal(signal.SIGINT, self._previous)
-
-    def install(self) -> "StopFlag":
-        self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 def classification_guidance_loss(model: torch.nn.Module, masks: torch.Tensor) -> Optional[torch.Tensor]:
@@ -458,7 +362,7 @@ def train_round(model: torch.nn.Module, batches: Iterator[Tuple[torch.Tensor, to
     start = time.perf_counter() - stats.seconds
     while stats.steps < steps:
         optimizer.zero_grad(set_to_none=True)
-        step_loss, step_parts = 0.0, {}
+        step_loss, step_parts, bad_loss = 0.0, {}, None
         for micro in range(accumulate):
             images, masks = next(batches)
             images = images.to(device, non_blocking=True, memory_format=memory_format)
@@ -474,14 +378,16 @@ def train_round(model: torch.nn.Module, batches: Iterator[Tuple[torch.Tensor, to
                 if cls_loss is not None:
                     loss = loss + cls_loss
                     parts = {**parts, "cls": cls_loss.item()}
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{label}: loss is {loss.item()} (parts {parts}); lower optimizer.lr "
-                                             "or check the masks with the data check")
                 scaler.scale(loss / accumulate).backward()
-            step_loss += loss.item() / accumulate
+            value = loss.item()
+            if not math.isfinite(value) and bad_loss is None:
+                bad_loss = (value, parts)
+            step_loss += value / accumulate
             for key, part in parts.items():
                 step_parts[key] = step_parts.get(key, 0.0) + part / accumulate
             stats.seen += images.shape[0]
+        if any_rank(bad_loss is not None, device):  # every process stops at the same step, before it
+            raise diverged(label, stats.steps + 1, bad_loss)
         if cfg.train.grad_clip is not None:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.train.grad_clip)
@@ -504,6 +410,15 @@ def train_round(model: torch.nn.Module, batches: Iterator[Tuple[torch.Tensor, to
     return stats, interrupted
 
 
+def diverged(label: str, step: int, bad_loss: Optional[Tuple[float, Dict[str, float]]]) -> TrainingDiverged:
+    """The error that stops a run whose loss became NaN or Inf (``bad_loss`` is None on the other processes)."""
+    what = f"the loss is {bad_loss[0]} (terms {bad_loss[1]})" if bad_loss else "the loss is not finite on another process"
+    return TrainingDiverged(f"{label}, step {step}: {what}; the run stopped before this step changed the weights "
+                            "and last.pt holds the last completed round. Lower optimizer.lr, set "
+                            "train.grad_clip, or check the data with --check-data; then continue with --resume "
+                            "or start again with --overwrite")
+
+
 def train_one_epoch(model: torch.nn.Module, loader: DataLoader, criterion: CombinedLoss,
                     optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
                     device: torch.device, epoch: int, cfg: Config, stop: StopFlag) -> Dict[str, Any]:
@@ -518,7 +433,7 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, criterion: Combi
 def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
              threshold: float = 0.5, class_names: Optional[List[str]] = None, amp: str = "off",
              num_images: int = 0, palette: Optional[np.ndarray] = None, inference: Any = None,
-             channels_last: bool = False) -> Tuple[Dict[str, Any], List[np.ndarray]]:
+             channels_last: bool = False, progress: bool = False) -> Tuple[Dict[str, Any], List[np.ndarray]]:
     """Metrics over the whole split from one confusion matrix (summed over processes under DDP), and up
     to ``num_images`` (image | ground truth | prediction) strips for TensorBoard.
 
@@ -533,7 +448,9 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, n
     palette = default_palette(num_classes) if palette is None else palette
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     strips: List[np.ndarray] = []
-    for images, masks in loader:
+    # The bar shows only when validation takes more than a few seconds.
+    for images, masks in tqdm(loader, desc="validate", leave=False, disable=not progress, delay=3.0,
+                              mininterval=1.0, dynamic_ncols=True):
         if whole:
             images = images.to(device, non_blocking=True, memory_format=memory_format)
             masks = masks.to(device, non_blocking=True)
@@ -559,11 +476,11 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, n
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train a segmentation model from a YAML config.")
-    p.add_argument("--config", required=True, help="experiment YAML, e.g. configs/demo.yaml")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override config keys, e.g. --set train.epochs=3 data.root=/data/x")
+    add_config_arguments(p)
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                    help="continue from CHECKPOINT (default: <run dir>/last.pt)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in a run folder that already holds a trained run, replacing it")
     p.add_argument("--check-data", action="store_true",
                    help="only scan the dataset and report problems (exit status 1 if any), no training")
     return p.parse_args(argv)
@@ -638,6 +555,23 @@ class Run:
         self.history: List[Dict[str, Any]] = []
         self.stale = 0              # validations since the best one (early stopping)
         self.early_stopped = False
+        self._clock: Optional[Tuple[float, int]] = None   # (time, step) when this process started training
+
+    def progress(self, total_steps: int) -> str:
+        """"run 40% done, ETA 0:12:34": the whole run's share done, and the time left at this process's pace
+        (training and validation together)."""
+        now = time.perf_counter()
+        if self._clock is None:
+            self._clock = (now, 0)
+            return f"run {100 * self.step / total_steps:.0f}% done"
+        start, first_step = self._clock
+        done = self.step - first_step
+        left = (now - start) / done * (total_steps - self.step) if done > 0 else 0.0
+        return f"run {100 * self.step / total_steps:.0f}% done, ETA {datetime.timedelta(seconds=round(left))}"
+
+    def start_clock(self) -> None:
+        """Mark the start of training in this process (after a resume, its steps do not count)."""
+        self._clock = (time.perf_counter(), self.step)
 
     def state(self, partial: Optional[RoundStats] = None) -> Dict[str, Any]:
         """The checkpoint: plain types and tensors only. ``partial`` marks a round cut short by Ctrl-C."""
@@ -681,23 +615,36 @@ class Run:
         return self.ema.module if self.ema is not None and self.cfg.train.ema_eval else self.model
 
 
-def run(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
+def run(cfg: Config, resume: Optional[str] = None, overwrite: bool = False) -> Dict[str, Any]:
     """Train per ``cfg`` (one process, or one of a torchrun job); returns a summary."""
     info, device = init_distributed(select_device(cfg.device))
     previous_runtime = configure_runtime(cfg, device)
     try:
-        return _run(cfg, resume, info, device)
+        with removed_if_failed(cfg.run_dir, enabled=info.is_main):
+            return _run(cfg, resume, overwrite, info, device)
     finally:
         restore_runtime(previous_runtime)
         cleanup_distributed()
 
 
-def _run(cfg: Config, resume: Optional[str], info: DistInfo, device: torch.device) -> Dict[str, Any]:
+def resume_from(state: "Run", resume: str, run_dir: Path, device: torch.device) -> Optional[Dict[str, Any]]:
+    """Load ``--resume [PATH]`` into ``state``; returns the checkpoint's cut-short round, if any."""
+    path = Path(resume) if resume else run_dir / "last.pt"
+    checkpoint = load_checkpoint(path, map_location=device, missing_hint=(
+        "start without --resume, or name a checkpoint: --resume PATH"))
+    require_resumable(checkpoint, path)
+    load_weights(state.model, checkpoint["model"], path, checkpoint, state.cfg.to_dict(),
+                 f"resume with the config it was trained with (saved as {path.parent / 'config.yaml'}), "
+                 "or start a new run with --overwrite or --set experiment=NAME")
+    return state.load(checkpoint)
+
+
+def _run(cfg: Config, resume: Optional[str], overwrite: bool, info: DistInfo, device: torch.device) -> Dict[str, Any]:
     run_dir = cfg.run_dir
     seed_everything(round_seed(cfg.seed, 0, info.rank))
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+    check_run_folder(run_dir, resume, overwrite, cfg.source)
+    check_before_training(cfg, cfg.data.check, Path(cfg.train.checkpoint_dir) / DATA_CHECK_CACHE,
+                          progress=cfg.train.progress and info.is_main)
 
     train_ds, val_ds = build_datasets(cfg)
     train_loader, val_loader = build_loaders(cfg, train_ds, val_ds, device, info)
@@ -718,13 +665,15 @@ def _run(cfg: Config, resume: Optional[str], info: DistInfo, device: torch.devic
     state = Run(cfg, model, optimizer, scheduler, scaler, ema)
     class_names, palette = class_info(cfg)
 
-    partial = None
+    partial = resume_from(state, resume, run_dir, device) if resume is not None else None
     if resume is not None:
-        path = Path(resume) if resume else run_dir / "last.pt"
-        partial = state.load(load_checkpoint(path, map_location=device))
-        log.info("resumed from %s after %s (best %s so far: %s)", path, plan.label(state.round),
-                 cfg.train.monitor, state.best)
+        log.info("resumed from %s after %s (best %s so far: %s)", resume or run_dir / "last.pt",
+                 plan.label(state.round), cfg.train.monitor, state.best)
     train_model = wrap_for_training(model, cfg, device, info)
+    if info.is_main:  # every start check has passed: now the run folder is written
+        open_run_folder(run_dir, overwrite)
+        log_to_file(run_dir / "train.log")
+        save_config(cfg, run_dir / "config.yaml")
 
     n_params = sum(p.numel() for p in model.parameters())
     log.info("experiment %s | %s on %s%s | %d train / %d val images | model %s (%.2fM params) | %s | amp %s",
@@ -737,6 +686,7 @@ def _run(cfg: Config, resume: Optional[str], info: DistInfo, device: torch.devic
         writer = SummaryWriter(log_dir=str(run_dir))
 
     stop = StopFlag().install()
+    state.start_clock()
     log.info("training started; Ctrl-C saves %s and stops", run_dir / "last.pt")
     cut_short: Optional[RoundStats] = None
     try:
@@ -801,7 +751,8 @@ def finish_round(state: Run, plan: Plan, index: int, stats: RoundStats, val_load
     if not plan.iteration_mode:
         record["epoch"] = index
     metrics, strips = None, []
-    line = f"{plan.label(index)} | loss {summary['loss']:.4f} | lr {lr:.2e} | {summary['images_per_s']:.1f} img/s"
+    line = f"{plan.label(index)} | loss {summary['loss']:.4f} | lr {lr:.2e} | {summary['images_per_s']:.1f} img/s" \
+           f" | {state.progress(plan.total_steps)}"
     improved = False
     if plan.validates_after(index):
         broadcast_buffers(state.model)
@@ -809,7 +760,7 @@ def finish_round(state: Run, plan: Plan, index: int, stats: RoundStats, val_load
             broadcast_buffers(state.ema.module)
         metrics, strips = evaluate(state.eval_model(), val_loader, device, cfg.data.num_classes, cfg.model.threshold,
                                    class_names, cfg.train.amp, cfg.train.log_images if info.is_main else 0, palette,
-                                   cfg.inference, cfg.train.channels_last)
+                                   cfg.inference, cfg.train.channels_last, cfg.train.progress and info.is_main)
         record["val"] = metrics
         line += " | val " + format_metrics(metrics)
         value = metrics.get(cfg.train.monitor)
@@ -825,36 +776,44 @@ def finish_round(state: Run, plan: Plan, index: int, stats: RoundStats, val_load
     if not info.is_main:
         return
     _log_tensorboard(writer, state.step, summary, metrics, strips)
+    check_finite_weights(state, plan.label(index))
     checkpoint = state.state()
     if improved:
-        save_checkpoint(checkpoint, cfg.run_dir / "best.pt")
+        save_checkpoint(inference_state(checkpoint), cfg.run_dir / "best.pt")
     save_checkpoint(checkpoint, cfg.run_dir / "last.pt")
     write_json(cfg.run_dir / "metrics.json", {"experiment": cfg.experiment, "monitor": cfg.train.monitor,
                                               "best": state.best, "best_round": state.best_round,
                                               "early_stopped": state.early_stopped, "history": state.history})
 
 
+def check_finite_weights(state: "Run", label: str) -> None:
+    """Raise TrainingDiverged before a checkpoint would record NaN or Inf weights or statistics."""
+    for owner, module in (("model", state.model), ("EMA", state.ema.module if state.ema is not None else None)):
+        if module is None:
+            continue
+        bad = [name for name, t in module.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise TrainingDiverged(f"{label}: the {owner} weights hold NaN or Inf ({', '.join(bad[:3])}); nothing "
+                                   "was saved, last.pt holds the last good round. Lower optimizer.lr or set "
+                                   "train.grad_clip, then --resume or start again with --overwrite")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Train; exit status 0 when done, 130 after Ctrl-C, 2 for a user's mistake (one ERROR line)."""
     args = parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
-    setup_logging(level=logging.INFO if rank == 0 else logging.WARNING)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
+    setup_logging(level=logging.INFO if rank == 0 else logging.WARNING, buffer=rank == 0)
+    return guarded(lambda: _main(args), log, args.debug)
+
+
+def _main(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
     if args.check_data:
         report = check_dataset(cfg, progress=cfg.train.progress)
         sys.stdout.write(format_report(report) + "\n")
         return report.exit_code
-    if rank == 0:
-        setup_logging(cfg.run_dir / "train.log")
-    try:
-        summary = run(cfg, resume=args.resume)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
-    return 130 if summary["interrupted"] else 0
+    summary = run(cfg, resume=args.resume, overwrite=args.overwrite)
+    return EXIT_INTERRUPTED if summary["interrupted"] else 0
 
 
 if __name__ == "__main__":

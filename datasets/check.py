@@ -21,6 +21,8 @@ built (unpaired files, empty or missing split folders).
 Exit status: 0 no problems, 1 problems found, 2 invalid config.
 """
 import argparse
+import hashlib
+import json
 import logging
 import os
 import re
@@ -44,8 +46,11 @@ from datasets.io import (
     class_range_problem,
     colour_mask_problem,
 )
-from utils.config import Config, ConfigError, load_config
+from utils.cli import add_config_arguments, guarded, setup_logging
+from utils.config import Config, load_config
 from utils.constants import IGNORE_INDEX
+from utils.errors import DataError, DiskError
+from utils.fileio import write_json
 from utils.registry import DATASETS
 
 log = logging.getLogger("datasets.check")
@@ -178,6 +183,107 @@ def check_dataset(cfg: Config, splits: Sequence[str] = SPLITS, progress: bool = 
     return report
 
 
+def check_before_training(cfg: Config, mode: str, cache_file: Optional[Path], progress: bool = True,
+                          workers: Optional[int] = None) -> None:
+    """The start-up data check of train.py (``data.check``); raises DataError naming the first problem.
+
+    ``quick`` checks the train and val splits: pairing (building the split),
+    readable images and masks, image/mask sizes, NaN/Inf pixels and mask values
+    against the classes. A pair that passed is remembered in ``cache_file`` by
+    its files' (path, size, mtime) and the mask settings, so the next start
+    checks only new or changed files. ``full`` runs the whole check
+    (``--check-data``) without the cache and logs its report; ``off`` skips it.
+    """
+    if mode == "off":
+        return
+    if mode == "full":
+        report = check_dataset(cfg, splits=TRAINING_SPLITS, progress=progress, workers=workers)
+        log.info("data check (data.check: full):\n%s", format_report(report))
+        _raise_first(report.problems, cfg)
+        return
+    passed = _read_cache(cache_file)
+    problems: List[Problem] = []
+    checked = 0
+    for split in TRAINING_SPLITS:
+        dataset = DATASETS.build(cfg.data.name, split=split, transforms=None, **cfg.dataset_kwargs())
+        samples = getattr(dataset, "samples", None)
+        if samples is None:  # generated in memory: nothing on disk to check
+            continue
+        settings = f"{_CHECK_VERSION}|{split}|{dataset.mask_mapping!r}|{dataset.num_classes}"
+        todo = [(sample, _signature(sample, settings)) for sample in samples]
+        todo = [(sample, key) for sample, key in todo if key not in passed]
+        checked += len(todo)
+
+        def scan(item: Tuple[Tuple[Path, Optional[Path]], str]) -> Tuple[str, List[Problem]]:
+            (image, mask), key = item
+            return key, _scan_sample(Path(image), None if mask is None else Path(mask), dataset.mask_mapping,
+                                     dataset.num_classes, split)[1]
+
+        with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+            results = tqdm(pool.map(scan, todo), total=len(todo), desc=f"check {split}", unit="img", leave=False,
+                           disable=not progress or not todo, mininterval=1.0)
+            for key, found in results:
+                problems.extend(found)
+                if not found:
+                    passed.add(key)
+    if checked:
+        log.info("data check (quick): %d new or changed image(s) checked", checked)
+        _write_cache(cache_file, passed)
+    _raise_first(problems, cfg)
+
+
+#: The quick check's memory of pairs that passed, in ``train.checkpoint_dir`` (shared by its runs).
+DATA_CHECK_CACHE = ".data_check_cache.json"
+#: Bump when the quick check starts looking for something new: every pair is checked again.
+_CHECK_VERSION = 1
+
+
+def _signature(sample: Tuple[Any, Any], settings: str) -> str:
+    """A digest of the pair's files (path, size, mtime) and the check's settings."""
+    parts = [settings]
+    for path in sample:
+        if path is None:
+            parts.append("-")
+            continue
+        try:
+            stat = os.stat(path)
+            parts.append(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{path}|missing")
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()
+
+
+def _read_cache(cache_file: Optional[Path]) -> set:
+    if cache_file is None or not cache_file.is_file():
+        return set()
+    try:
+        return set(json.loads(cache_file.read_text(encoding="utf-8")).get("passed", []))
+    except (OSError, ValueError, AttributeError):
+        log.warning("%s: unreadable data check cache, checking every file again", cache_file)
+        return set()
+
+
+def _write_cache(cache_file: Optional[Path], passed: set) -> None:
+    if cache_file is None:
+        return
+    try:
+        write_json(cache_file, {"version": _CHECK_VERSION, "passed": sorted(passed)})
+    except DiskError as exc:  # the cache only saves time: training can go on without it
+        log.warning("%s", exc)
+
+
+def _raise_first(problems: List[Problem], cfg: Config) -> None:
+    """Raise DataError for the first problem, counting the others and naming the full report's command."""
+    if not problems:
+        return
+    first = problems[0]
+    fix = f". {first.fix[:1].upper()}{first.fix[1:]}" if first.fix else ""
+    where = f"[{first.split}] " if first.split else ""
+    more = f" ({len(problems) - 1} more problem(s)" if len(problems) > 1 else " (no other problem"
+    raise DataError(f"{where}{first.file}: {first.message}{fix}{more}; the full report: python train.py "
+                    f"--config {cfg.source} --check-data; data.check: off skips this check)")
+
+
 def _class_names(cfg: Config) -> List[str]:
     """Config names first, then the dataset's official ones, else "class k"."""
     names = cfg.data.class_names or getattr(DATASETS.get(cfg.data.name), "class_names", None)
@@ -257,8 +363,12 @@ def _scan_sample(image_path: Path, mask_path: Optional[Path], mapping: MaskMappi
         image_size, mode = _header(image_path)
         stats.sizes[image_size] += 1
         stats.image_modes[_describe_mode(mode)] += 1
+        _decode_image(image_path)
     except (OSError, ValueError, SyntaxError) as exc:
         problem(image_path, f"cannot read the image: {exc}", _UNREADABLE_FIX, "unreadable image")
+    except _NonFinite as exc:
+        problem(image_path, str(exc), "replace the NaN/Inf pixels (e.g. with 0) or remove the image",
+                "NaN or Inf pixels")
     if mask_path is None:
         stats.num_without_mask = 1
         if split in TRAINING_SPLITS:
@@ -314,6 +424,24 @@ def _scan_mask(path: Path, mapping: MaskMapping, num_classes: int, split: str, s
                     "label the image or remove the pair; if many masks do this, check data.mask_mapping",
                     "mask all ignore")
     return size
+
+
+class _NonFinite(Exception):
+    """A float image holding NaN or Inf pixels."""
+
+
+def _decode_image(path: Path) -> None:
+    """Decode the image's pixels (JPEGs at 1/8 scale, which still reads every byte of the stream), so a
+    truncated or corrupt file is found; raise :class:`_NonFinite` for NaN or Inf pixels in a float image."""
+    with Image.open(path) as pil:
+        if pil.format == "JPEG":
+            pil.draft(pil.mode, (max(1, pil.size[0] // 8), max(1, pil.size[1] // 8)))
+        pil.load()
+        if pil.mode == "F":
+            pixels = np.asarray(pil)
+            bad = int(pixels.size - np.count_nonzero(np.isfinite(pixels)))
+            if bad:
+                raise _NonFinite(f"{bad} pixel(s) are NaN or infinite; they would make the loss NaN")
 
 
 def _header(path: Path) -> Tuple[Tuple[int, int], str]:
@@ -505,9 +633,7 @@ def _problem_lines(problems: List[Problem]) -> List[str]:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Check a dataset before training: counts, sizes, mask values, "
                                             "class balance and every problem with its fix.")
-    p.add_argument("--config", required=True, help="experiment YAML, e.g. configs/demo.yaml")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override config keys, e.g. --set data.root=/data/x")
+    add_config_arguments(p)
     p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS,
                    help="splits to check (default: every split the layout has)")
     return p.parse_args(argv)
@@ -516,12 +642,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the check; 0 when the data is clean, 1 when problems were found, 2 for config errors."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
+    setup_logging()
+    return guarded(lambda: _main(args), log, args.debug)
+
+
+def _main(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
     report = check_dataset(cfg, splits=args.splits)
     sys.stdout.write(format_report(report) + "\n")
     return report.exit_code

@@ -30,6 +30,7 @@ from datasets.folder import FolderDataset, Sample
 from datasets.io import IdentityMapping, MaskMapping
 from utils.constants import IGNORE_INDEX
 from utils.registry import DATASETS
+from utils.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ class CityscapesDataset(FolderDataset):
         seed: int = 0,
     ) -> None:
         if num_classes != NUM_CLASSES:
-            raise ValueError(
+            raise DataError(
                 f"cityscapes: num_classes must be {NUM_CLASSES} (the official train ids), got {num_classes}; "
                 f"set data.num_classes: {NUM_CLASSES} and model.out_channels: {NUM_CLASSES}"
             )
@@ -146,11 +147,11 @@ class CityscapesDataset(FolderDataset):
     def _find_samples(self, seed: int, val_fraction: float) -> List[Sample]:
         """(image, mask) pairs of ``self.split``, sorted by city, then file name."""
         if not self.root.is_dir():
-            raise FileNotFoundError(f"dataset root {self.root} does not exist; {LAYOUT_HELP}")
+            raise DataError(f"dataset root {self.root} does not exist; {LAYOUT_HELP}")
         splits = [self.split] if self.split != "all" else self._present_splits()
         for split in splits:
             if split != "test" and not (self.root / "gtFine" / split).is_dir():
-                raise FileNotFoundError(f"{self.root / 'gtFine' / split} does not exist; {LAYOUT_HELP}")
+                raise DataError(f"{self.root / 'gtFine' / split} does not exist; {LAYOUT_HELP}")
         frames = [(image, _gt_prefix(self.root, split, image), split)
                   for split in splits for image in self._images(split)]
         suffix = TRAIN_IDS_SUFFIX if _all_have_train_ids([prefix for _, prefix, _ in frames]) else LABEL_IDS_SUFFIX
@@ -160,18 +161,18 @@ class CityscapesDataset(FolderDataset):
         """The splits with a leftImg8bit folder (for split "all")."""
         present = [s for s in SPLITS if (self.root / "leftImg8bit" / s).is_dir()]
         if not present:
-            raise FileNotFoundError(f"{self.root / 'leftImg8bit'} holds none of {', '.join(SPLITS)}; {LAYOUT_HELP}")
+            raise DataError(f"{self.root / 'leftImg8bit'} holds none of {', '.join(SPLITS)}; {LAYOUT_HELP}")
         return present
 
     def _images(self, split: str) -> List[Path]:
         """The ``*_leftImg8bit.png`` files of every city folder of ``split``, sorted by city, then name."""
         folder = self.root / "leftImg8bit" / split
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder} does not exist; {LAYOUT_HELP}")
+            raise DataError(f"{folder} does not exist; {LAYOUT_HELP}")
         cities = sorted(p for p in folder.iterdir() if p.is_dir())
         images = [image for city in cities for image in sorted(city.glob("*" + IMAGE_SUFFIX))]
         if not images:
-            raise ValueError(f"{folder} holds no <city>/*{IMAGE_SUFFIX} images; {LAYOUT_HELP}")
+            raise DataError(f"{folder} holds no <city>/*{IMAGE_SUFFIX} images; {LAYOUT_HELP}")
         return images
 
 
@@ -212,7 +213,7 @@ def _mask_path(image: Path, prefix: Path, suffix: str, optional: bool) -> Option
         return path
     if optional:
         return None
-    raise FileNotFoundError(
+    raise DataError(
         f"{image}: its mask {path} does not exist; every train/val image needs its gtFine file "
         "(unzip gtFine_trainvaltest.zip into data.root, or remove the image)"
     )

@@ -11,6 +11,7 @@ from torchvision import tv_tensors
 from datasets.io import INTENSITY_MODES, list_images, parse_mask_mapping, read_image, read_mask
 from utils.constants import IGNORE_INDEX, IMAGE_SUFFIXES
 from utils.registry import DATASETS
+from utils.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -149,12 +150,12 @@ class FolderDataset(Dataset):
     def _find_samples(self, seed: int, val_fraction: float) -> List[Sample]:
         """All (image, mask) pairs of ``self.split`` in this root's layout."""
         if not self.root.is_dir():
-            raise FileNotFoundError(f"dataset root {self.root} does not exist; {LAYOUT_HELP}")
+            raise DataError(f"dataset root {self.root} does not exist; {LAYOUT_HELP}")
         if (self.root / "train" / "images").is_dir():
             return self._split_folder_samples()
         if (self.root / "images").is_dir():
             return self._flat_samples(seed, val_fraction)
-        raise FileNotFoundError(f"{self.root} has neither train/images/ nor images/; {LAYOUT_HELP}")
+        raise DataError(f"{self.root} has neither train/images/ nor images/; {LAYOUT_HELP}")
 
     def _split_folder_samples(self) -> List[Sample]:
         """Pairs from root/<split>/images + masks (every split folder for "all")."""
@@ -162,7 +163,7 @@ class FolderDataset(Dataset):
         if self.split == "all":
             return [pair for s in present for pair in pair_folder(self.root / s, masks_optional=s == "test")]
         if self.split not in present:
-            raise FileNotFoundError(
+            raise DataError(
                 f"{self.root / self.split / 'images'} does not exist; this dataset has the splits "
                 f"{', '.join(present)}"
             )
@@ -171,7 +172,7 @@ class FolderDataset(Dataset):
     def _flat_samples(self, seed: int, val_fraction: float) -> List[Sample]:
         """Pairs from root/images + root/masks, split into train/val by a seeded shuffle."""
         if self.split == "test":
-            raise ValueError(
+            raise DataError(
                 f"{self.root} has the flat layout images/ + masks/, which has no test split "
                 "(only train, val and all); put test data in test/images + test/masks folders"
             )
@@ -192,11 +193,11 @@ def pair_folder(folder: Path, masks_optional: bool = False) -> List[Sample]:
     image_dir, mask_dir = folder / "images", folder / "masks"
     images = _by_stem(image_dir)
     if not images:
-        raise ValueError(f"{image_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}); {LAYOUT_HELP}")
+        raise DataError(f"{image_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}); {LAYOUT_HELP}")
     if masks_optional and not mask_dir.is_dir():
         return [(images[stem], None) for stem in sorted(images)]
     if not mask_dir.is_dir():
-        raise FileNotFoundError(f"{mask_dir} does not exist: every image in {image_dir} needs a mask there")
+        raise DataError(f"{mask_dir} does not exist: every image in {image_dir} needs a mask there")
     masks = _by_stem(mask_dir)
     _check_paired(images, masks, image_dir, mask_dir)
     return [(images[stem], masks[stem]) for stem in sorted(images)]
@@ -220,7 +221,7 @@ def _by_stem(folder: Path) -> Dict[str, Path]:
     files: Dict[str, Path] = {}
     for path in list_images(folder):
         if path.stem in files:
-            raise ValueError(
+            raise DataError(
                 f"{folder}: {files[path.stem].name} and {path.name} have the same stem "
                 f"{path.stem!r}; images and masks are paired by stem, so keep only one"
             )
@@ -241,7 +242,7 @@ def _check_paired(images: Dict[str, Path], masks: Dict[str, Path], image_dir: Pa
     if lonely_masks:
         names = [masks[stem].name for stem in lonely_masks]
         problems.append(f"{len(names)} mask(s) in {mask_dir} without an image: {_first(names)}")
-    raise ValueError(
+    raise DataError(
         f"{'; '.join(problems)}. Every image in {image_dir} needs a mask with the same file stem "
         f"in {mask_dir} (e.g. images/case1.jpg and masks/case1.png)"
     )
@@ -255,7 +256,7 @@ def _first(names: List[str], limit: int = 5) -> str:
 def _non_empty(samples: List[Sample], dataset: "FolderDataset") -> List[Sample]:
     """``samples``, or a ValueError when the requested split has none."""
     if not samples:
-        raise ValueError(
+        raise DataError(
             f"{dataset.root}: the {dataset.split!r} split is empty; with a flat images/ + masks/ "
             "layout raise val_fraction above 0 or add images"
         )
@@ -267,30 +268,30 @@ def _check_same_size(image: torch.Tensor, image_path: Path, mask: torch.Tensor, 
     if image.shape[-2:] != mask.shape:
         ih, iw = image.shape[-2:]
         mh, mw = mask.shape
-        raise ValueError(f"{mask_path}: size {mw}x{mh} differs from image {image_path} {iw}x{ih}")
+        raise DataError(f"{mask_path}: size {mw}x{mh} differs from image {image_path} {iw}x{ih}")
 
 
 def _check_arguments(split: str, num_classes: int, in_channels: int, intensity: str, val_fraction: float) -> None:
     """Raise ValueError for arguments outside their valid range."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if num_classes < 2:
-        raise ValueError(
+        raise DataError(
             f"num_classes must be at least 2 (background included; binary segmentation is 2), got {num_classes}"
         )
     if in_channels < 1:
-        raise ValueError(f"in_channels must be at least 1, got {in_channels}")
+        raise DataError(f"in_channels must be at least 1, got {in_channels}")
     if intensity not in INTENSITY_MODES:
-        raise ValueError(f"intensity must be one of {', '.join(INTENSITY_MODES)}, got {intensity!r}")
+        raise DataError(f"intensity must be one of {', '.join(INTENSITY_MODES)}, got {intensity!r}")
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
 
 
 def _check_mapping_classes(classes: List[int], num_classes: int) -> None:
     """Raise when an explicit mask mapping targets a class outside ``0..num_classes-1``."""
     bad = [c for c in classes if not (c < num_classes or c == IGNORE_INDEX)]
     if bad:
-        raise ValueError(
+        raise DataError(
             f"data.mask_mapping maps to class(es) {bad} but num_classes={num_classes} allows "
             f"0..{num_classes - 1} (and {IGNORE_INDEX} = ignore); raise num_classes or fix the mapping"
         )

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from utils.constants import IGNORE_INDEX, IMAGE_SUFFIXES
+from utils.errors import DataError
 
 INTENSITY_MODES = ("auto", "percentile", "none")
 MASK_MAPPING_NAMES = ("identity", "binary", "nonzero")
@@ -48,7 +49,7 @@ def list_images(folder: PathLike) -> List[Path]:
     """Image files in ``folder`` (suffix in ``IMAGE_SUFFIXES``, any case), sorted by name."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"folder {folder} does not exist")
+        raise DataError(f"folder {folder} does not exist")
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
@@ -59,17 +60,16 @@ def _load_array(path: PathLike, mode: str) -> np.ndarray:
     "colour" turns palette/CMYK/YCbCr images into RGB (RGBA when the palette
     has transparency) and 1-bit into 8-bit grey, "grey" turns every 8-bit
     image into luminance. 16-bit, 32-bit and float images are never converted.
-    Unreadable files raise ValueError naming the file; a missing file raises
-    FileNotFoundError.
+    Unreadable and missing files raise DataError naming the file.
     """
     try:
         with Image.open(path) as pil:
             pil.load()
             return np.asarray(_convert(pil, mode))
     except FileNotFoundError:
-        raise
+        raise DataError(f"{path}: file not found (moved or deleted after the dataset was listed?)") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}; is it a valid image?") from exc
+        raise DataError(f"cannot read image {path}: {exc}; is it a valid image?") from exc
 
 
 def _convert(pil: Image.Image, mode: str) -> Image.Image:
@@ -112,8 +112,9 @@ def read_image(path: PathLike, intensity: str = "auto", in_channels: int = 3) ->
             An alpha channel is dropped unless ``in_channels`` is 4.
     """
     if intensity not in INTENSITY_MODES:
-        raise ValueError(f"intensity must be one of {', '.join(INTENSITY_MODES)}, got {intensity!r}")
+        raise DataError(f"intensity must be one of {', '.join(INTENSITY_MODES)}, got {intensity!r}")
     array = _load_array(path, mode="colour")
+    check_finite(array, path)
     eight_bit = array.dtype == np.uint8
     if in_channels != 4:
         array = _drop_alpha(array)
@@ -128,6 +129,16 @@ def read_image(path: PathLike, intensity: str = "auto", in_channels: int = 3) ->
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32))
 
 
+def check_finite(array: np.ndarray, path: PathLike) -> None:
+    """Raise DataError when a float image holds NaN or infinite pixels (integer images cannot)."""
+    if array.dtype.kind != "f":
+        return
+    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise DataError(f"{path}: {bad} pixel(s) are NaN or infinite; they would make the loss NaN. "
+                        "Replace them (e.g. with 0 or the image's mean) or remove the image")
+
+
 def _match_channels(array: np.ndarray, in_channels: int, path: PathLike) -> np.ndarray:
     """Return an ``(H, W, C)`` array with ``in_channels`` channels, repeating grey to 3 if asked."""
     channels = array.shape[2]
@@ -135,7 +146,7 @@ def _match_channels(array: np.ndarray, in_channels: int, path: PathLike) -> np.n
         return array
     if in_channels == 3 and channels == 1:
         return np.repeat(array, 3, axis=2)
-    raise ValueError(
+    raise DataError(
         f"{path}: has {channels} channel(s) but in_channels={in_channels}; "
         f"set in_channels to {channels} (or 1 or 3 for grey/RGB images)"
     )
@@ -223,7 +234,7 @@ class ValueMapping(MaskMapping):
         table = {**{IGNORE_INDEX: IGNORE_INDEX}, **self.table}
         unmapped = [int(v) for v in values if int(v) not in table]
         if unmapped:
-            raise ValueError(
+            raise DataError(
                 f"holds values {_format_values(unmapped)} missing from data.mask_mapping "
                 f"{self.table}; add them to the mapping"
             )
@@ -250,7 +261,7 @@ class ColourMapping(MaskMapping):
         colours, inverse, counts = np.unique(_pack_rgb(pixels), return_inverse=True, return_counts=True)
         unmapped = [(int(c), int(n)) for c, n in zip(colours, counts) if int(c) not in self._packed]
         if unmapped:
-            raise ValueError(
+            raise DataError(
                 f"holds {len(unmapped)} colour(s) missing from data.mask_mapping: "
                 f"{_format_colour_counts(unmapped)}; add them to the mapping as \"R,G,B\": class"
             )
@@ -296,7 +307,7 @@ def parse_colour(key: Any) -> Tuple[int, int, int]:
     else:
         rgb = ()
     if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
-        raise ValueError(
+        raise DataError(
             f"bad colour key {key!r} in data.mask_mapping: write colours as "
             f'"255,0,0", "[255, 0, 0]" or "#ff0000" (each channel 0..255)'
         )
@@ -320,13 +331,13 @@ def parse_mask_mapping(value: Any) -> MaskMapping:
         named = {"identity": IdentityMapping, "binary": BinaryMapping, "nonzero": NonzeroMapping}
         key = value.strip().lower()
         if key not in named:
-            raise ValueError(
+            raise DataError(
                 f"unknown data.mask_mapping {value!r}; valid names: {', '.join(MASK_MAPPING_NAMES)}, "
                 f'or a {{value: class}} / {{"R,G,B": class}} mapping'
             )
         return named[key]()
     if not isinstance(value, dict) or not value:
-        raise ValueError(
+        raise DataError(
             f"data.mask_mapping must be one of {', '.join(MASK_MAPPING_NAMES)} or a non-empty "
             f"{{value: class}} / {{\"R,G,B\": class}} mapping, got {value!r}"
         )
@@ -334,7 +345,7 @@ def parse_mask_mapping(value: Any) -> MaskMapping:
     if all(_is_value_key(key) for key in classes):
         return ValueMapping({int(key): cls for key, cls in classes.items()})
     if any(_is_value_key(key) for key in classes):
-        raise ValueError(
+        raise DataError(
             f"data.mask_mapping mixes pixel values and colours: {value!r}; "
             "use only values (grey masks) or only colours (RGB masks)"
         )
@@ -344,7 +355,7 @@ def parse_mask_mapping(value: Any) -> MaskMapping:
 def _parse_class(key: Any, cls: Any) -> int:
     """Check that the class a mapping key maps to is a non-negative int."""
     if not _is_int(cls) or cls < 0:
-        raise ValueError(
+        raise DataError(
             f"data.mask_mapping maps {key!r} to {cls!r}; classes must be integers "
             f"0..num_classes-1 (or {IGNORE_INDEX} = ignore)"
         )
@@ -357,7 +368,7 @@ def _colour_table(classes: Dict[Any, int]) -> Dict[Tuple[int, int, int], int]:
     for key, cls in classes.items():
         rgb = parse_colour(key)
         if rgb in table:
-            raise ValueError(f"data.mask_mapping lists colour {key!r} twice (as {rgb})")
+            raise DataError(f"data.mask_mapping lists colour {key!r} twice (as {rgb})")
         table[rgb] = cls
     return table
 
@@ -380,7 +391,7 @@ def read_mask(path: PathLike, mask_mapping: Any, num_classes: int) -> torch.Tens
     try:
         classes = mapping(pixels)
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        raise DataError(f"{path}: {exc}") from exc
     _check_classes(path, pixels, classes, mapping, num_classes)
     return torch.from_numpy(np.ascontiguousarray(classes))
 
@@ -390,7 +401,7 @@ def _decode_mask(path: PathLike, mapping: MaskMapping) -> np.ndarray:
     if mapping.decode == "colour":
         pixels = _drop_alpha(_load_array(path, mode="colour"))
         if pixels.dtype != np.uint8:
-            raise ValueError(
+            raise DataError(
                 f"{path}: is a {pixels.dtype} grey mask but data.mask_mapping is a colour mapping; "
                 "map grey values with data.mask_mapping: {value: class}"
             )
@@ -401,10 +412,10 @@ def _decode_mask(path: PathLike, mapping: MaskMapping) -> np.ndarray:
     if pixels.ndim == 3:
         if not (pixels == pixels[..., :1]).all():
             message, fix = colour_mask_problem(pixels, mapping)
-            raise ValueError(f"{path}: {message}; {fix}")
+            raise DataError(f"{path}: {message}; {fix}")
         pixels = pixels[..., 0]
     if pixels.dtype.kind == "f" and not np.array_equal(pixels, np.round(pixels)):
-        raise ValueError(f"{path}: holds non-integer values; masks must hold integer class values")
+        raise DataError(f"{path}: holds non-integer values; masks must hold integer class values")
     return pixels
 
 
@@ -427,7 +438,7 @@ def _check_classes(
     problem = class_range_problem(pixels, classes, mapping, num_classes)
     if problem is not None:
         message, fix = problem
-        raise ValueError(f"{path}: {message}. {fix}")
+        raise DataError(f"{path}: {message}. {fix}")
 
 
 def class_range_problem(

@@ -42,6 +42,7 @@ from datasets.io import LUMA_WEIGHTS, _match_channels, list_images
 from utils.constants import IGNORE_INDEX, IMAGE_SUFFIXES
 from utils.fileio import atomic_open
 from utils.registry import DATASETS
+from utils.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -120,13 +121,13 @@ class ISIC2018Dataset(FolderDataset):
         cache_size: int = 512,
     ) -> None:
         if num_classes != NUM_CLASSES:
-            raise ValueError(
+            raise DataError(
                 f"isic2018: num_classes must be {NUM_CLASSES} (background, lesion), got {num_classes}; set "
                 f"data.num_classes: {NUM_CLASSES} and model.out_channels: 1 (sigmoid) or 2 (softmax)"
             )
         for name, value in (("decode_size", decode_size), ("cache_size", cache_size)):
             if value is not None and value < MIN_SIZE:
-                raise ValueError(f"isic2018: {name} must be at least {MIN_SIZE} pixels (or null), got {value}")
+                raise DataError(f"isic2018: {name} must be at least {MIN_SIZE} pixels (or null), got {value}")
         super().__init__(root=root, split=split, num_classes=num_classes, transforms=transforms,
                          in_channels=in_channels, seed=seed, mask_mapping="binary")
         self.decode_size = decode_size
@@ -169,7 +170,7 @@ class ISIC2018Dataset(FolderDataset):
     def _find_samples(self, seed: int, val_fraction: float) -> List[Sample]:
         """(image, mask) pairs of ``self.split`` (every present split for "all"), sorted by image id."""
         if not self.root.is_dir():
-            raise FileNotFoundError(
+            raise DataError(
                 f"dataset root {self.root} does not exist; it must hold the official folders "
                 f"{', '.join(name for pair in SPLIT_FOLDERS.values() for name in pair)}: {DOWNLOAD_HELP}"
             )
@@ -184,13 +185,13 @@ class ISIC2018Dataset(FolderDataset):
         """Pairs of one split; its GroundTruth folder may be absent only for "test"."""
         input_dir, truth_dir = (self.root / name for name in SPLIT_FOLDERS[split])
         if not input_dir.is_dir():
-            raise FileNotFoundError(_missing_folder_message(input_dir, split, "images"))
+            raise DataError(_missing_folder_message(input_dir, split, "images"))
         images = _images_by_id(input_dir)
         if not truth_dir.is_dir():
             if split == "test":
                 logger.info("%s does not exist: the test split has no masks (prediction only)", truth_dir)
                 return [(images[i], None) for i in sorted(images)]
-            raise FileNotFoundError(_missing_folder_message(truth_dir, split, "masks"))
+            raise DataError(_missing_folder_message(truth_dir, split, "masks"))
         masks = _masks_by_id(truth_dir)
         _check_paired(images, masks, input_dir, truth_dir)
         return [(images[i], masks[i]) for i in sorted(images)]
@@ -289,9 +290,9 @@ def open_reduced(path: Path, min_side: int) -> Tuple[Image.Image, Tuple[int, int
             pil.load()
             return (pil if pil.mode in ("RGB", "L") else pil.convert("RGB")), full_size
     except FileNotFoundError:
-        raise
+        raise DataError(f"{path}: file not found (moved or deleted after the dataset was listed?)") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}; is it a valid image? (re-download it)") from exc
+        raise DataError(f"cannot read image {path}: {exc}; is it a valid image? (re-download it)") from exc
 
 
 def read_resized_mask(path: Path, size: Tuple[int, int], full_size: Tuple[int, int], image_path: Path) -> Image.Image:
@@ -302,16 +303,16 @@ def read_resized_mask(path: Path, size: Tuple[int, int], full_size: Tuple[int, i
     try:
         with Image.open(path) as pil:
             if pil.size != full_size:
-                raise ValueError(
+                raise DataError(
                     f"{path}: size {pil.size[0]}x{pil.size[1]} differs from image {image_path} "
                     f"{full_size[0]}x{full_size[1]}; re-download the ground truth"
                 )
             grey = pil.convert("L") if pil.mode != "L" else pil
             return grey.resize(size, Image.NEAREST)
     except FileNotFoundError:
-        raise
+        raise DataError(f"{path}: file not found (moved or deleted after the dataset was listed?)") from None
     except (OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read mask {path}: {exc}; is it a valid image? (re-download it)") from exc
+        raise DataError(f"cannot read mask {path}: {exc}; is it a valid image? (re-download it)") from exc
 
 
 def image_tensor(pixels: np.ndarray, in_channels: int, path: Path) -> torch.Tensor:
@@ -346,7 +347,7 @@ def _open_cached(path: Path) -> Image.Image:
             pil.load()
             return pil
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ValueError(
+        raise DataError(
             f"cannot read cache file {path}: {exc}; delete it (or the whole data.cache_dir) and it is rebuilt"
         ) from exc
 
@@ -362,7 +363,7 @@ def _make_cache_dir(folder: Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OSError(
+        raise DataError(
             f"cannot create data.cache_dir {folder}: {exc}; set data.cache_dir to a writable folder "
             "(a fast local disk) or to null"
         ) from exc
@@ -392,12 +393,12 @@ def _images_by_id(folder: Path) -> Dict[str, Path]:
     images: Dict[str, Path] = {}
     for path in list_images(folder):
         if path.stem in images:
-            raise ValueError(
+            raise DataError(
                 f"{folder}: {images[path.stem].name} and {path.name} are the same image id; keep only one"
             )
         images[path.stem] = path
     if not images:
-        raise ValueError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); {DOWNLOAD_HELP}")
+        raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); {DOWNLOAD_HELP}")
     return images
 
 
@@ -411,7 +412,7 @@ def _masks_by_id(folder: Path) -> Dict[str, Path]:
         else:
             strays.append(path.name)
     if strays:
-        raise ValueError(
+        raise DataError(
             f"{folder}: {_first(strays)} not named <image id>{MASK_SUFFIX}.png; the ground-truth folder "
             f"must hold only the official masks (move other files elsewhere)"
         )
@@ -431,7 +432,7 @@ def _check_paired(images: Dict[str, Path], masks: Dict[str, Path], input_dir: Pa
         names = [masks[i].name for i in lonely_masks]
         problems.append(f"{len(names)} mask(s) in {truth_dir} have no image in {input_dir}: {_first(names)}")
     if problems:
-        raise ValueError(
+        raise DataError(
             "; ".join(problems) + f". Image X.jpg is paired with mask X{MASK_SUFFIX}.png; the input and "
             "ground-truth zips of one split must both be unpacked complete (re-download the incomplete one)"
         )

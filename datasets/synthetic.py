@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from datasets.folder import FolderDataset
 from utils.registry import DATASETS
+from utils.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +88,11 @@ def generate(
 def _check_params(params: Dict[str, int]) -> None:
     """Raise ValueError for generator arguments out of range."""
     if params["num_classes"] < 2:
-        raise ValueError(f"num_classes must be at least 2, got {params['num_classes']}")
+        raise DataError(f"num_classes must be at least 2, got {params['num_classes']}")
     if params["num_train"] < 1 or params["num_val"] < 1:
-        raise ValueError(f"num_train and num_val must be at least 1, got {params['num_train']}, {params['num_val']}")
+        raise DataError(f"num_train and num_val must be at least 1, got {params['num_train']}, {params['num_val']}")
     if params["image_size"] < 32:
-        raise ValueError(f"image_size must be at least 32, got {params['image_size']}")
+        raise DataError(f"image_size must be at least 32, got {params['image_size']}")
 
 
 def _holds_dataset(out: Path, params: Dict[str, int]) -> bool:
@@ -102,7 +103,7 @@ def _holds_dataset(out: Path, params: Dict[str, int]) -> bool:
     found = json.loads(marker.read_text()) if marker.is_file() else None
     if found == params:
         return True
-    raise ValueError(
+    raise DataError(
         f"{out} exists but does not hold a synthetic dataset generated with {params} "
         f"({MARKER}: {found}); delete it or choose another output folder / data.root"
     )

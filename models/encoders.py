@@ -38,6 +38,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 import torchvision
 from torch import nn
+from utils.errors import ModelInputError
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +88,8 @@ class Encoder(nn.Module):
 def check_image_batch(x: torch.Tensor, in_channels: int, model: str) -> None:
     """Raise ValueError unless ``x`` is an (N, in_channels, H, W) batch."""
     if x.ndim != 4 or x.shape[1] != in_channels:
-        raise ValueError(f"{model} expects input (N, {in_channels}, H, W), got {tuple(x.shape)}; "
-                         "check model.in_channels against the images")
+        raise ModelInputError(f"{model} expects input (N, {in_channels}, H, W), got {tuple(x.shape)}; "
+                              "check model.in_channels against the images")
 
 
 # ------------------------------------------------------------- pretrained weights

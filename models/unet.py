@@ -35,6 +35,7 @@ from torch import nn
 
 from models.encoders import STRIDES, build_encoder, check_image_batch
 from utils.registry import MODELS
+from utils.errors import ModelInputError
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
 
@@ -241,9 +242,9 @@ class UNet(nn.Module):
         h, w = x.shape[-2:]
         minimum = 2 ** self.depth
         if h < minimum or w < minimum:
-            raise ValueError(f"UNet with depth {self.depth} needs inputs of at least {minimum}x{minimum} "
-                             f"(each of the {self.depth} poolings halves the size), got {h}x{w}; "
-                             f"resize/pad the images to at least {minimum} px per side or lower model.depth")
+            raise ModelInputError(f"UNet with depth {self.depth} needs inputs of at least {minimum}x{minimum} "
+                                  f"(each of the {self.depth} poolings halves the size), got {h}x{w}; "
+                                  f"resize/pad the images to at least {minimum} px per side or lower model.depth")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -40,6 +40,7 @@ from torch import nn
 
 from models.unet import DoubleConv, init_weights
 from utils.registry import MODELS
+from utils.errors import ModelInputError
 
 LEVELS = 5  # encoder levels X^{0,0} .. X^{4,0}
 MIN_SIZE = 2 ** (LEVELS - 1)  # four 2x poolings
@@ -59,13 +60,13 @@ def pad_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 def check_input(model_name: str, x: torch.Tensor, in_channels: int, min_size: int = MIN_SIZE) -> None:
     """Raise ValueError for a wrong rank, channel count or a side shorter than ``min_size``."""
     if x.ndim != 4 or x.shape[1] != in_channels:
-        raise ValueError(f"{model_name} expects input (N, {in_channels}, H, W), got {tuple(x.shape)}; "
-                         "check model.in_channels against the images")
+        raise ModelInputError(f"{model_name} expects input (N, {in_channels}, H, W), got {tuple(x.shape)}; "
+                              "check model.in_channels against the images")
     h, w = x.shape[-2:]
     if h < min_size or w < min_size:
-        raise ValueError(f"{model_name} needs inputs of at least {min_size}x{min_size} (its 2x poolings "
-                         f"halve the size down to 1/{min_size}), got {h}x{w}; "
-                         f"resize or pad the images to at least {min_size} px per side")
+        raise ModelInputError(f"{model_name} needs inputs of at least {min_size}x{min_size} (its 2x poolings "
+                              f"halve the size down to 1/{min_size}), got {h}x{w}; "
+                              f"resize or pad the images to at least {min_size} px per side")
 
 
 def check_positive(model_name: str, **values: int) -> None:

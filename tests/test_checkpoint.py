@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.errors import CheckpointError
 
 
 class NotPlain:
@@ -40,18 +41,18 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
 def test_non_plain_content_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     torch.save({"model": {}, "payload": NotPlain()}, path)
-    with pytest.raises(ValueError, match=f"{path}: cannot load checkpoint"):
+    with pytest.raises(CheckpointError, match=f"{path}: holds objects other than tensors"):
         load_checkpoint(path)
 
 
 def test_missing_corrupt_and_foreign_files(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+    with pytest.raises(CheckpointError, match="none.pt: no checkpoint there; train first"):
         load_checkpoint(tmp_path / "none.pt")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="corrupt.pt: cannot load checkpoint"):
+    with pytest.raises(CheckpointError, match="corrupt.pt: cannot be read as a checkpoint .*truncated"):
         load_checkpoint(corrupt)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
-    with pytest.raises(ValueError, match="no 'model' entry"):
+    with pytest.raises(CheckpointError, match="no 'model' entry"):
         load_checkpoint(foreign)

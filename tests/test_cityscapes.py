@@ -18,6 +18,7 @@ from datasets.cityscapes import LABEL_ID_TO_TRAIN_ID, CityscapesDataset, LabelId
 from datasets.io import IdentityMapping
 from tests.fixtures_cityscapes import write_cityscapes_tree
 from tests.test_train_e2e import load_test_script
+from utils.errors import DataError
 from utils.registry import DATASETS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -239,7 +240,7 @@ def test_missing_train_mask_names_image_and_expected_path(tree: Path) -> None:
     image = tree / "leftImg8bit" / "train" / "bochum" / "bochum_000001_000019_leftImg8bit.png"
     expected = tree / "gtFine" / "train" / "bochum" / "bochum_000001_000019_gtFine_labelIds.png"
     expected.unlink()
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(DataError) as err:
         cityscapes(tree)
     message = str(err.value)
     assert str(image) in message and str(expected) in message and "gtFine_trainvaltest.zip" in message
@@ -262,7 +263,7 @@ def test_num_classes_must_be_19(tree: Path) -> None:
 def test_missing_folders_raise_with_the_layout(tree: Path, removed: List[str], split: str, message: str) -> None:
     for folder in removed:
         shutil.rmtree(tree / folder)
-    with pytest.raises((FileNotFoundError, ValueError), match=message):
+    with pytest.raises(DataError, match=message):
         cityscapes(tree, split)
 
 

@@ -10,6 +10,7 @@ from scipy import ndimage
 from torchvision import tv_tensors
 
 from datasets import FolderDataset, list_images, parse_mask_mapping, read_image, read_mask
+from utils.errors import DataError
 from utils.constants import IGNORE_INDEX
 from utils.registry import DATASETS
 
@@ -56,6 +57,16 @@ def test_identity_on_palette_png_reads_indices_not_colours(tmp_path):
 def test_binary_maps_0_255_to_0_1(tmp_path):
     path = save(tmp_path / "m.png", square_mask(value=255))
     assert torch.equal(read_mask(path, "binary", 2), torch.from_numpy(square_mask(value=1)).long())
+
+
+def test_binary_threshold_is_above_127(tmp_path):
+    """Grey values above 127 are class 1: 127 is still background, 128 already foreground."""
+    grey = np.array([[0, 100, 127, 128, 200, 255]], dtype=np.uint8)
+    path = save(tmp_path / "m.png", grey)
+    assert np.asarray(Image.open(path)).tolist() == grey.tolist()  # stored losslessly
+    out = read_mask(path, "binary", 2)
+    assert out.dtype == torch.int64
+    assert out.tolist() == [[0, 0, 0, 1, 1, 1]]
 
 
 def test_binary_on_jpeg_noisy_mask_is_right_except_at_edges(tmp_path):
@@ -289,7 +300,7 @@ def test_list_images_ignores_other_files_and_matches_suffix_case(tmp_path):
     for name in ["b.JPG", "a.png", "c.TiFF", "LICENSE.txt", ".DS_Store", "ATTRIBUTION.txt"]:
         (tmp_path / name).write_bytes(b"")
     assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.JPG", "c.TiFF"]
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(DataError, match="nowhere"):
         list_images(tmp_path / "nowhere")
 
 
@@ -356,7 +367,7 @@ def test_split_folder_layout_and_test_split_without_masks(tmp_path):
 
 def test_missing_split_folder_names_existing_splits(tmp_path):
     make_pairs(tmp_path / "train", ["a"])
-    with pytest.raises(FileNotFoundError, match=r"val.images does not exist; this dataset has the splits train"):
+    with pytest.raises(DataError, match=r"val.images does not exist; this dataset has the splits train"):
         folder(tmp_path, "val")
 
 
@@ -393,10 +404,10 @@ def test_empty_and_missing_folders_are_reported(tmp_path):
     (tmp_path / "masks").mkdir()
     with pytest.raises(ValueError, match=r"images holds no images.*expected either split folders"):
         folder(tmp_path, "train")
-    with pytest.raises(FileNotFoundError, match=r"nowhere does not exist"):
+    with pytest.raises(DataError, match=r"nowhere does not exist"):
         folder(tmp_path / "nowhere", "train")
     (tmp_path / "other").mkdir()
-    with pytest.raises(FileNotFoundError, match="neither train/images/ nor images/"):
+    with pytest.raises(DataError, match="neither train/images/ nor images/"):
         folder(tmp_path / "other", "train")
 
 

@@ -25,6 +25,17 @@ def sigmoid(v: float) -> float:
     return 1.0 / (1.0 + math.exp(-v))
 
 
+def direct(model: nn.Module, image: torch.Tensor, out_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """The reference, computed here without utils.inference: sigmoid (1 channel) or softmax of one forward of
+    the whole image, resized bilinearly (align_corners=False) to ``out_size``."""
+    with torch.no_grad():
+        logits = model(image).float()
+    probs = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+    if out_size is not None:
+        probs = torch.nn.functional.interpolate(probs, size=out_size, mode="bilinear", align_corners=False)
+    return probs
+
+
 def pointwise(in_channels: int, out_channels: int) -> nn.Module:
     """A 1x1 convolution with fixed weights: each output pixel depends on its input pixel only."""
     conv = nn.Conv2d(in_channels, out_channels, 1)
@@ -146,7 +157,9 @@ def test_pointwise_model_slide_equals_whole(classes: int, tile: Tuple[int, int],
     slid = predict_probabilities(model, image, settings=settings(tile=tile, overlap=overlap, gaussian=gaussian,
                                                                   tile_batch=tile_batch))
     assert slid.shape == whole.shape == (2, classes, 37, 53) and slid.dtype == torch.float32
-    assert torch.allclose(slid, whole, atol=1e-6)
+    expected = direct(model, image)
+    assert torch.allclose(whole, expected, atol=1e-6)
+    assert torch.allclose(slid, expected, atol=1e-6)
 
 
 def test_unet_with_one_tile_the_size_of_the_image_equals_whole() -> None:
@@ -157,7 +170,7 @@ def test_unet_with_one_tile_the_size_of_the_image_equals_whole() -> None:
     model = MODELS.build("unet", in_channels=3, out_channels=3, base_channels=4, depth=2).eval()
     image = torch.randn(1, 3, 32, 32)
     slid = predict_probabilities(model, image, settings=settings(tile=(32, 32)))
-    assert torch.allclose(slid, predict_probabilities(model, image), atol=1e-6)
+    assert torch.allclose(slid, direct(model, image), atol=1e-6)
 
 
 def test_list_output_uses_the_main_head() -> None:
@@ -255,17 +268,17 @@ def test_flips_leave_a_flip_equivariant_model_unchanged(mode: str) -> None:
     torch.manual_seed(1)
     model = pointwise(3, 4)
     image = torch.randn(2, 3, 21, 30)
-    plain = predict_probabilities(model, image)
     tta = predict_probabilities(model, image, settings=settings(mode=mode, tile=(16, 16), flips=["h", "v"]))
-    assert torch.allclose(tta, plain, atol=1e-6)
+    assert torch.allclose(tta, direct(model, image), atol=1e-6)
 
 
 def test_scale_one_equals_plain() -> None:
     torch.manual_seed(2)
     model = pointwise(3, 3)
     image = torch.randn(1, 3, 17, 26)
-    plain = predict_probabilities(model, image)
-    assert torch.equal(predict_probabilities(model, image, settings=settings(mode="whole", scales=[1.0])), plain)
+    plain = direct(model, image)
+    once = predict_probabilities(model, image, settings=settings(mode="whole", scales=[1.0]))
+    assert torch.allclose(once, plain, atol=1e-6)
     twice = predict_probabilities(model, image, settings=settings(mode="whole", scales=[1.0, 1.0]))
     assert torch.allclose(twice, plain, atol=1e-6)  # two identical passes averaged
     slid = predict_probabilities(model, image, settings=settings(tile=(8, 8), scales=[1.0]))
@@ -276,7 +289,7 @@ def test_scales_resize_the_probabilities_back_and_average_them() -> None:
     # A constant image stays constant at any scale: a pointwise model gives the plain answer.
     model = pointwise(3, 3)
     image = torch.ones(1, 3, 15, 22) * torch.tensor([0.5, -1.0, 2.0]).view(1, 3, 1, 1)
-    plain = predict_probabilities(model, image)
+    plain = direct(model, image)
     for mode in ("whole", "slide"):
         multi = predict_probabilities(model, image, settings=settings(mode=mode, scales=[0.5, 1.0, 1.5]))
         assert multi.shape == plain.shape and torch.allclose(multi, plain, atol=1e-6)
@@ -299,8 +312,9 @@ def test_stitch_on_cpu_matches_stitch_on_the_device() -> None:
     outs = [predict_probabilities(model, image, settings=settings(tile=(12, 12), flips=["h"], stitch_device=s))
             for s in ("cpu", "device", "auto")]
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
-    direct = sliding_window_probabilities(model, image, 12, overlap=0.5, stitch_device="cpu")
-    assert torch.allclose(direct, outs[0], atol=1e-6)
+    assert torch.allclose(outs[0], direct(model, image), atol=1e-6)  # pointwise: flips and tiles change nothing
+    window = sliding_window_probabilities(model, image, 12, overlap=0.5, stitch_device="cpu")
+    assert torch.allclose(window, outs[0], atol=1e-6)
 
 
 def test_auto_stitch_rule() -> None:
@@ -333,20 +347,50 @@ def test_auto_stitch_queries_free_cuda_memory(monkeypatch: pytest.MonkeyPatch) -
 def test_out_size_is_restored_exactly(out_size: Tuple[int, int]) -> None:
     model = pointwise(3, 3)
     image = torch.ones(2, 3, 20, 24)
-    expected = predict_probabilities(model, image)[:, :, :1, :1]
+    expected = direct(model, image)[:, :, :1, :1]  # a constant image: the same probabilities everywhere
     for s in (settings(tile=(8, 16)), settings(mode="whole", flips=["h"], scales=[0.75, 1.0])):
         out = predict_probabilities(model, image, out_size=out_size, settings=s)
         assert out.shape == (2, 3, *out_size) and out.dtype == torch.float32
         assert torch.allclose(out, expected.expand_as(out), atol=1e-6)
 
 
-def test_whole_without_tta_is_the_plain_forward() -> None:
+@pytest.mark.parametrize("classes", [1, 2])
+def test_whole_without_tta_is_the_plain_forward(classes: int) -> None:
     torch.manual_seed(4)
-    model = pointwise(3, 2)
+    model = pointwise(3, classes)
     image = torch.randn(1, 3, 9, 11)
-    plain = predict_probabilities(model, image, out_size=(12, 5))
-    same = predict_probabilities(model, image, out_size=(12, 5), settings=settings(mode="whole", tile=None))
-    assert torch.equal(plain, same)
+    for s in (None, settings(mode="whole", tile=None)):
+        assert torch.allclose(predict_probabilities(model, image, settings=s), direct(model, image), atol=1e-6)
+        resized = predict_probabilities(model, image, out_size=(12, 5), settings=s)
+        assert resized.shape == (1, classes, 12, 5)
+        assert torch.allclose(resized, direct(model, image, out_size=(12, 5)), atol=1e-6)
+
+
+def test_window_stitches_tiles_with_gaussian_weights_by_hand() -> None:
+    # A 3-class pointwise model on a 1 x 6 image, tile 1 x 4, overlap 0.5: tiles at x = 0 and 2.
+    # Each pixel's probabilities are the softmax of its own logits, whatever tile predicts them, so the
+    # blend of the two tiles over x = 2, 3 must give them back whatever the weights; the weights are
+    # checked through a model whose logits depend on the position inside the tile (see Ramp below).
+    torch.manual_seed(6)
+    model = pointwise(3, 3)
+    image = torch.randn(1, 3, 1, 6)
+    out = predict_probabilities(model, image, settings=settings(tile=(1, 4), tile_batch=1))
+    with torch.no_grad():
+        logits = model(image)
+    for x in range(6):
+        assert out[0, :, 0, x].tolist() == pytest.approx(torch.softmax(logits[0, :, 0, x], 0).tolist(), abs=1e-6)
+    # Ramp(1): logit = column inside the tile. Tile weights along the width (sigma 4/8, centre 1.5),
+    # over their peak exp(-0.5): w(c) = exp(-0.5 * ((c - 1.5) / 0.5) ** 2 + 0.5), at least 1e-3.
+    ramp = predict_probabilities(Ramp(1.0), torch.zeros(1, 3, 1, 6), settings=settings(tile=(1, 4)))[0, 0, 0]
+
+    def w(c: int) -> float:
+        return max(1e-3, math.exp(-0.5 * ((c - 1.5) / 0.5) ** 2 + 0.5))
+
+    expected = []
+    for x in range(6):
+        covering = [x - t for t in (0, 2) if 0 <= x - t < 4]  # the pixel's column in each covering tile
+        expected.append(sum(w(c) * sigmoid(c) for c in covering) / sum(w(c) for c in covering))
+    assert ramp.tolist() == pytest.approx(expected, rel=1e-6)
 
 
 def test_bad_settings_raise_with_the_key() -> None:
@@ -393,4 +437,6 @@ def test_test_py_predict_runs_the_configured_sliding_window() -> None:
     slid = script.predict(model, image, lambda img, mask: (img, mask), cpu, 0.5, "off",
                           settings(tile=(8, 8), tile_batch=4, flips=["h"]))
     assert set(model.sizes) == {(8, 8)} and len(model.sizes) == 2 * 5  # 4 x 5 tiles, 2 flips, batches of 4
-    assert slid.shape == (18, 22) and (slid == whole).all()
+    expected = direct(model.conv, image[None])[0].argmax(0).numpy()  # 3 classes: the argmax of the softmax
+    assert whole.shape == slid.shape == (18, 22)
+    assert (whole == expected).all() and (slid == expected).all()

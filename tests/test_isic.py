@@ -15,6 +15,7 @@ import train
 from datasets import read_image
 from tests.fixtures_isic import FOLDERS, write_isic_tree
 from tests.test_train_e2e import REPO, _speed_overrides, load_test_script
+from utils.errors import DataError
 from utils.constants import IGNORE_INDEX
 from utils.registry import DATASETS
 
@@ -96,7 +97,7 @@ def test_test_split_without_ground_truth_has_no_masks(tree: Path) -> None:
 
 def test_missing_input_folder_names_it_and_says_unpack(tree: Path) -> None:
     shutil.rmtree(tree / "ISIC2018_Task1-2_Validation_Input")
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(DataError) as err:
         build(tree, "val")
     message = str(err.value)
     assert "ISIC2018_Task1-2_Validation_Input" in message and "'val'" in message and "as published" in message
@@ -104,12 +105,12 @@ def test_missing_input_folder_names_it_and_says_unpack(tree: Path) -> None:
 
 def test_missing_ground_truth_is_an_error_for_train(tree: Path) -> None:
     shutil.rmtree(tree / "ISIC2018_Task1_Training_GroundTruth")
-    with pytest.raises(FileNotFoundError, match="ISIC2018_Task1_Training_GroundTruth.*masks"):
+    with pytest.raises(DataError, match="ISIC2018_Task1_Training_GroundTruth.*masks"):
         build(tree, "train")
 
 
 def test_root_one_level_too_high_suggests_the_right_root(tree: Path) -> None:
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(DataError) as err:
         build(tree.parent, "train")
     assert f"set data.root to {tree}" in str(err.value)
 
@@ -117,7 +118,7 @@ def test_root_one_level_too_high_suggests_the_right_root(tree: Path) -> None:
 def test_zip_left_packed_is_pointed_out(tree: Path) -> None:
     shutil.rmtree(tree / "ISIC2018_Task1-2_Training_Input")
     (tree / "ISIC2018_Task1-2_Training_Input.zip").write_bytes(b"PK")
-    with pytest.raises(FileNotFoundError, match=r"Training_Input\.zip is there: unpack it"):
+    with pytest.raises(DataError, match=r"Training_Input\.zip is there: unpack it"):
         build(tree, "train")
 
 

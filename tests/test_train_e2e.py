@@ -5,12 +5,11 @@ import csv
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import ModuleType
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -96,39 +95,60 @@ def test_predictions_restored_to_original_size_for_an_image_folder(tiny_run: Pat
     assert json.loads((out / "summary.json").read_text())["num_images"] == 1
 
 
-def test_test_script_reports_missing_checkpoint(tiny_run: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_test_script_reports_missing_checkpoint(tiny_run: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """One ERROR line naming the checkpoint it looked for (test.checkpoint, best.pt, in the run folder).
+
+    Read from stderr, where the user sees it: the entry point's logging set-up replaces the root
+    logger's handlers (basicConfig(force=True)), pytest's caplog handler included."""
     script = load_test_script()
     assert script.main(["--config", str(tiny_run)]) == 2
+    err = capsys.readouterr().err
+    missing = tmp_path / "checkpoint" / "unit" / "best.pt"
+    errors = [line for line in err.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"{missing}: no checkpoint there; train first" in errors[0], err
+    assert "Traceback" not in err
 
 
-def test_sigint_saves_last_and_exits_cleanly(tiny_run: Path, tmp_path: Path) -> None:
+def run_entry(*command: str, faults: Sequence[str] = (), timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python tests/entry_faults.py FAULTS -- COMMAND`` from the repository root, in a session of its own
+    (as a terminal runs a command); a hang fails the test at ``timeout`` seconds."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, str(REPO / "train.py"), "--config", str(tiny_run),
-           "--set", "train.epochs=100000", "data.num_workers=1"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    lines = []
-    try:
-        deadline = time.monotonic() + 120
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if "training started" in line:
-                break
-            assert time.monotonic() < deadline, "train.py did not start"
-        time.sleep(2.0)
-        os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C: the whole process group, workers included
-        _, rest = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    log = "".join(lines) + rest
-    assert proc.returncode == 130, log
+    return subprocess.run([sys.executable, str(REPO / "tests" / "entry_faults.py"), *faults, "--", *command],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+                          start_new_session=True)
+
+
+def test_sigint_mid_round_saves_last_and_resume_matches_an_uninterrupted_run(tiny_run: Path,
+                                                                             tmp_path: Path) -> None:
+    """Ctrl-C right after optimizer step 6 (4 steps per epoch: step 2 of epoch 2), with a loader worker:
+    exit 130, last.pt holds the cut round, and --resume ends where a run never stopped ends."""
+    common = ["--config", str(tiny_run), "--set", "train.epochs=3", "data.num_workers=1", "train.tensorboard=false"]
+    cut = run_entry("train.py", *common, "experiment=cut", faults=["--sigint-at-step", "6"])
+    log = cut.stdout + cut.stderr
+    run_dir = tmp_path / "checkpoint" / "cut"
+    assert cut.returncode == 130, log
     assert "Traceback" not in log, log
-    assert "interrupted " in log and "saved" in log and "continue with --resume" in log
-    state = torch.load(tmp_path / "checkpoint" / "unit" / "last.pt", weights_only=True)
-    assert state["epoch"] == state["round"] == len(state["history"])
-    if state["partial"] is not None:  # cut inside a round: where it stopped, for an exact resume
-        assert state["partial"]["round"] == state["round"] + 1 and state["partial"]["steps"] >= 1
+    assert f"interrupted 2/4 steps into epoch 2/3: saved {run_dir / 'last.pt'}; continue with --resume" in log, log
+
+    state = torch.load(run_dir / "last.pt", weights_only=True)
+    assert state["round"] == state["epoch"] == len(state["history"]) == 1 and state["step"] == 4
+    assert state["partial"] is not None, "a cut inside a round must be saved as a partial round"
+    assert state["partial"]["round"] == 2 and state["partial"]["steps"] == 6 - 4
+    assert state["partial"]["seen"] == 2 * 4  # two steps of batch_size 4
+    assert all(s["step"] == 6 for s in state["optimizer"]["state"].values())  # the weights after step 6
+
+    resumed = run_entry("train.py", *common, "experiment=cut", "--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    whole = run_entry("train.py", *common, "experiment=whole")
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    done, reference = (torch.load(tmp_path / "checkpoint" / name / "last.pt", weights_only=True)
+                       for name in ("cut", "whole"))
+    assert done["partial"] is None and done["round"] == reference["round"] == 3 and done["step"] == 12
+    same = ("round", "iteration", "train_loss", "loss_parts", "lr", "val")  # all but the throughput
+    assert [{k: r[k] for k in same} for r in done["history"]] == [{k: r[k] for k in same}
+                                                                  for r in reference["history"]]
+    assert all(torch.equal(done["model"][k], reference["model"][k]) for k in reference["model"])
 
 
 def _speed_overrides(tmp_path: Path) -> list:

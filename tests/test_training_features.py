@@ -1,15 +1,18 @@
 """Training features: accumulation, EMA, iteration schedules, early stopping, AMP modes,
-channels_last, torch.compile, determinism and exact resume."""
+channels_last, torch.compile, determinism and exact resume, gradient clipping and encoder freezing."""
 from __future__ import annotations
 
 import functools
 import logging
+import os
+import signal
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 import train
 from tests.conftest import minimal_config
@@ -35,18 +38,22 @@ def train_history(config: Path, tmp_path: Path, overrides: List[str], name: str,
     return load_checkpoint(tmp_path / "checkpoint" / name / "last.pt")["history"]
 
 
-def interrupted_at_step(step: int, monkeypatch: pytest.MonkeyPatch, action: Callable[[], Any]) -> Any:
-    """Run ``action`` as if Ctrl-C arrived during optimizer step ``step`` (counted over the whole run)."""
-    calls = {"n": 0}
-    real_any_rank = train.any_rank
+def interrupted_at_step(step: int, action: Callable[[], Any]) -> Any:
+    """Run ``action`` with a real Ctrl-C (SIGINT to this process, which train.py's handler catches) right after
+    its optimizer step ``step``, counted from 1 over the whole action (as tests/entry_faults.py does)."""
+    steps = 0
 
-    def any_rank(flag: bool, device: torch.device) -> bool:
-        calls["n"] += 1
-        return real_any_rank(flag or calls["n"] == step, device)
+    def after_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+        nonlocal steps
+        steps += 1
+        if steps == step:
+            os.kill(os.getpid(), signal.SIGINT)
 
-    with monkeypatch.context() as patch:
-        patch.setattr(train, "any_rank", any_rank)
+    hook = register_optimizer_step_post_hook(after_step)
+    try:
         return action()
+    finally:
+        hook.remove()
 
 
 # ----------------------------------------------------------------- units
@@ -179,8 +186,7 @@ def test_bf16_channels_last_and_compile_train_on_cpu(tiny_run: Path, tmp_path: P
     assert torch.isfinite(torch.tensor(state["history"][0]["train_loss"]))
 
 
-def test_deterministic_runs_repeat_and_resume_exactly(tiny_run: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_deterministic_runs_repeat_and_resume_exactly(tiny_run: Path, tmp_path: Path) -> None:
     common = ["deterministic=true", "train.epochs=3", "train.tensorboard=false", "scheduler.name=poly",
               "transforms.train=[{name: hflip}, {name: random_resized_crop, size: 24}, {name: normalize}]",
               "train.ema=0.9"]
@@ -189,8 +195,8 @@ def test_deterministic_runs_repeat_and_resume_exactly(tiny_run: Path, tmp_path: 
     assert losses(first) == losses(second)
     assert [r["val"]["confusion_matrix"] for r in first] == [r["val"]["confusion_matrix"] for r in second]
 
-    # Ctrl-C in the middle of epoch 2 (4 steps an epoch: during its third step), then --resume.
-    cut = interrupted_at_step(7, monkeypatch, lambda: train_history(tiny_run, tmp_path, common, "c"))
+    # Ctrl-C in the middle of epoch 2 (4 steps an epoch: right after its third step), then --resume.
+    cut = interrupted_at_step(7, lambda: train_history(tiny_run, tmp_path, common, "c"))
     state = load_checkpoint(tmp_path / "checkpoint" / "c" / "last.pt")
     assert len(cut) == 1 and state["partial"]["round"] == 2 and state["partial"]["steps"] == 3
     resumed = train_history(tiny_run, tmp_path, common, "c", resume=True)
@@ -198,8 +204,7 @@ def test_deterministic_runs_repeat_and_resume_exactly(tiny_run: Path, tmp_path: 
     assert [r["val"] for r in resumed] == [r["val"] for r in first]
 
 
-def test_mid_epoch_resume_is_exact_with_loader_workers(tiny_run: Path, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mid_epoch_resume_is_exact_with_loader_workers(tiny_run: Path, tmp_path: Path) -> None:
     """With a (persistent) worker process the augmentations run there; each sample is seeded from
     (round, pass, position), so the replay after --resume in a fresh worker draws them again identically."""
     common = ["train.epochs=2", "train.tensorboard=false", "data.num_workers=1",
@@ -209,7 +214,7 @@ def test_mid_epoch_resume_is_exact_with_loader_workers(tiny_run: Path, tmp_path:
     # Each sample's augmentation has its own seed: the curve does not depend on where samples are loaded.
     in_process = train_history(tiny_run, tmp_path, [*common, "data.num_workers=0"], "in_process")
     assert losses(in_process) == losses(whole)
-    interrupted_at_step(6, monkeypatch, lambda: train_history(tiny_run, tmp_path, common, "cut"))
+    interrupted_at_step(6, lambda: train_history(tiny_run, tmp_path, common, "cut"))
     assert load_checkpoint(tmp_path / "checkpoint" / "cut" / "last.pt")["partial"]["steps"] == 2
     resumed = train_history(tiny_run, tmp_path, common, "cut", resume=True)
     assert losses(resumed) == losses(whole)
@@ -223,3 +228,112 @@ def test_too_few_images_per_process_is_a_clear_error(binary_folder: Path) -> Non
         train.build_loaders(cfg, range(5), range(2), cpu, train.DistInfo(rank=0, local_rank=0, world_size=2))
     with pytest.raises(ValueError, match="has 3 images, fewer than train.batch_size=4"):
         train.build_loaders(cfg, range(3), range(2), cpu)
+
+
+# ----------------------------------------------------------------- gradient clipping, encoder freezing
+
+
+def grad_norm(optimizer: torch.optim.Optimizer) -> float:
+    """The global L2 norm of the gradients the optimizer is about to apply."""
+    grads = [p.grad.detach().flatten() for group in optimizer.param_groups for p in group["params"]
+             if p.grad is not None]
+    return torch.cat(grads).norm().item()
+
+
+@pytest.mark.parametrize("clip", [None, 0.02])
+def test_grad_clip_bounds_the_gradient_norm_at_every_step(clip: Any, binary_folder: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The norm of the gradients optimizer.step applies is at most train.grad_clip, at every step; unset,
+    the same run applies larger ones (so the bound is not met by chance) and clips nothing."""
+    clip_calls: List[Dict[str, float]] = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(parameters: Any, max_norm: float, *args: Any, **kwargs: Any) -> torch.Tensor:
+        total = real_clip(parameters, max_norm, *args, **kwargs)
+        clip_calls.append({"max_norm": max_norm, "before": total.item()})
+        return total
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    raw = minimal_config(binary_folder, train={"epochs": 2, "batch_size": 4, "grad_clip": clip,
+                                               "checkpoint_dir": str(tmp_path / "checkpoint"), "tensorboard": False},
+                         optimizer={"lr": 0.01}, scheduler={"name": "none"})
+    applied: List[float] = []  # the gradient norm at each optimizer step, seen from inside optimizer.step
+    hook = register_optimizer_step_pre_hook(lambda opt, args, kwargs: applied.append(grad_norm(opt)))
+    try:
+        summary = train.run(config_from_dict(raw))
+    finally:
+        hook.remove()
+    steps = summary["step"]
+    assert steps >= 4 and len(applied) == steps
+    if clip is None:
+        assert clip_calls == []
+        assert min(applied) > 0.02  # every step would break the bound below: the clipped run is no accident
+    else:
+        assert all(norm <= clip * (1 + 1e-4) for norm in applied), applied
+        assert applied == pytest.approx([clip] * steps, rel=1e-4)  # larger norms, scaled down to the bound
+        assert len(clip_calls) == steps and all(call["max_norm"] == clip for call in clip_calls)
+        assert all(call["before"] > clip for call in clip_calls)  # each step really was clipped
+
+
+def snapshot(model: nn.Module) -> Dict[str, torch.Tensor]:
+    return {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
+
+
+def test_freeze_encoder_epochs_keeps_the_encoder_fixed_then_trains_it(
+        binary_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.freeze_encoder_epochs=1 over 2 epochs: during every step of epoch 1 the encoder's weights and
+    BatchNorm statistics stay as built while the decoder's weights change; in every step of epoch 2 both change."""
+    from utils.registry import MODELS
+
+    built: List[nn.Module] = []
+    previous: Dict[str, torch.Tensor] = {}  # the model's weights and buffers after the last step (or as built)
+    steps: List[set] = []  # per optimizer step: the names of the entries it changed
+    real_build = MODELS.build
+
+    def build(name: str, **kwargs: Any) -> Any:
+        nonlocal previous
+        model = real_build(name, **kwargs)
+        built.append(model)
+        previous = snapshot(model)
+        return model
+
+    def after_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+        nonlocal previous
+        current = snapshot(built[0])
+        steps.append({k for k, v in current.items() if not torch.equal(v, previous[k])})
+        previous = current
+
+    raw = minimal_config(binary_folder, train={"epochs": 2, "batch_size": 4, "freeze_encoder_epochs": 1,
+                                               "checkpoint_dir": str(tmp_path / "checkpoint"), "tensorboard": False},
+                         model={"name": "unet", "in_channels": 3, "out_channels": 1, "encoder": "resnet18",
+                                "decoder_channels": [32, 16, 8, 8, 8]},
+                         optimizer={"lr": 0.01}, scheduler={"name": "none"})
+    raw["model"].pop("base_channels"), raw["model"].pop("depth")
+    cfg = config_from_dict(raw)
+
+    monkeypatch.setattr(MODELS, "build", build)
+    hook = register_optimizer_step_post_hook(after_step)
+    try:
+        train.run(cfg)
+    finally:
+        hook.remove()
+
+    assert len(built) == 1 and built[0].encoder is not None
+    state = load_checkpoint(run_dir(tmp_path) / "last.pt")
+    per_epoch = state["history"][0]["iteration"]
+    assert per_epoch >= 1 and len(steps) == state["step"] == 2 * per_epoch
+    names = list(previous)
+    encoder = [k for k in names if k.startswith("encoder.")]
+    encoder_weights = [k for k in encoder if k.endswith(".weight") and previous[k].ndim == 4]
+    encoder_stats = [k for k in encoder if k.endswith("running_mean")]
+    decoder_weights = [k for k in names if not k.startswith("encoder.") and k.endswith(".weight")
+                       and previous[k].ndim == 4]
+    assert encoder_weights and encoder_stats and decoder_weights
+    for k, changed in enumerate(steps, start=1):
+        assert set(decoder_weights) <= changed, f"step {k}: decoder weights left unchanged"
+        if k <= per_epoch:
+            leaked = sorted(changed & set(encoder))
+            assert not leaked, f"step {k} (frozen epoch) changed {len(leaked)} encoder entries: {leaked[:3]} ..."
+        else:
+            still = [name for name in encoder_weights + encoder_stats if name not in changed]
+            assert not still, f"step {k} (after the freeze) left {len(still)} encoder entries unchanged: {still[:3]}"

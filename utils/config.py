@@ -35,13 +35,13 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from utils.errors import ConfigError
 from utils.fileio import write_text
 from utils.registry import DATASETS, LOSSES, MODELS, TRANSFORMS, Registry
 
 log = logging.getLogger(__name__)
 
-class ConfigError(ValueError):
-    """A config problem; the message names the source, the key and the fix."""
+# ConfigError (utils/errors.py) is re-exported here: callers validating configs import it from this module.
 
 
 # --------------------------------------------------------------------------
@@ -58,6 +58,9 @@ class DataConfig:
     num_classes: int = 2
     class_names: Optional[List[str]] = None
     num_workers: Union[int, Literal["auto"]] = "auto"
+    # train.py's data check at start: quick (pairing, sizes, readable files, NaN pixels, mask values;
+    # cached per file), full (the whole --check-data report), off
+    check: Union[Literal["quick", "full", "off"], bool] = "quick"   # YAML reads a bare off as false
     options: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -146,6 +149,7 @@ class TestConfig:
     checkpoint: str = "best.pt"
     output_dir: str = "results"
     overlay_alpha: float = 0.35
+    overlay_color: Optional[Tuple[int, int, int]] = None   # binary: RGB of the predicted foreground
     save_overlays: bool = True
 
 
@@ -560,6 +564,8 @@ def _check_consistency(ctx: _Context, cfg: Config, dataset_cls: Any, check_paths
     if cfg.train.ema is not None and not 0.0 < cfg.train.ema < 1.0:
         raise ctx.error("train.ema", f"is the EMA decay and must lie strictly between 0 and 1 "
                         f"(e.g. 0.999), got {cfg.train.ema}")
+    if isinstance(cfg.data.check, bool):
+        cfg.data.check = "quick" if cfg.data.check else "off"
     if isinstance(cfg.train.amp, bool):
         cfg.train.amp = "fp16" if cfg.train.amp else "off"
     inf = cfg.inference
@@ -577,6 +583,9 @@ def _check_consistency(ctx: _Context, cfg: Config, dataset_cls: Any, check_paths
         raise ctx.error("data.num_workers", f"must be 0 or more, got {cfg.data.num_workers}")
     if cfg.optimizer.lr <= 0:
         raise ctx.error("optimizer.lr", f"must be positive, got {cfg.optimizer.lr}")
+    if cfg.test.overlay_color is not None and not all(0 <= v <= 255 for v in cfg.test.overlay_color):
+        raise ctx.error("test.overlay_color", f"must be an RGB triple [r, g, b] with values 0-255, "
+                        f"got {list(cfg.test.overlay_color)}")
     if cfg.device != "auto" and cfg.device != "cpu" and not cfg.device.startswith("cuda"):
         raise ctx.error("device", f"expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {cfg.device!r}")
     if check_paths and not getattr(dataset_cls, "creates_root", False):
@@ -612,7 +621,7 @@ def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> List[str]:
     ``[1, 2]``, ``null``). A numeric path part indexes into a list
     (``transforms.train.0.size=[64,64]``).
     """
-    keys = []
+    keys: List[str] = []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item}: expected key.path=value")
@@ -624,6 +633,8 @@ def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> List[str]:
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item}: value is not valid YAML: {exc}") from None
+        if key in keys:
+            log.warning("--set %s is given more than once; the last value, %r, applies", key, value)
         node: Any = raw
         parts = key.split(".")
         for depth, part in enumerate(parts):

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.constants import IGNORE_INDEX
+from utils.errors import ConfigError
 from utils.registry import LOSSES
 
 #: What a config may give as ``class_weights``: numbers, or a method that
@@ -810,8 +811,8 @@ class CombinedLoss(nn.Module):
         if self.deep_supervision_weights is None:
             return [1.0 / count] * count
         if len(self.deep_supervision_weights) != count:
-            raise ValueError(
-                f"deep_supervision_weights has {len(self.deep_supervision_weights)} entries but the model returned "
+            raise ConfigError(
+                f"train.deep_supervision_weights has {len(self.deep_supervision_weights)} entries but the model returned "
                 f"{count} outputs; give one weight per output (main first), or leave "
                 "train.deep_supervision_weights unset for equal weights")
         return self.deep_supervision_weights

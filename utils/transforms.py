@@ -44,6 +44,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from utils.cli import add_config_arguments, guarded, setup_logging
 from utils.constants import IGNORE_INDEX
 from utils.registry import DATASETS, TRANSFORMS
 from utils.visualize import make_grid, overlay, save_png, to_display
@@ -1071,14 +1072,12 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         description="Write a grid of training samples after a config's train transforms, "
         "each image beside its mask overlaid in the dataset's colours (ignored pixels white).",
     )
-    parser.add_argument("--config", required=True, help="experiment YAML, e.g. configs/demo.yaml")
+    add_config_arguments(parser)
     parser.add_argument("--out", default="results/aug_preview.png", help="PNG to write (default %(default)s)")
     parser.add_argument("--num", type=int, default=8, help="number of samples (default %(default)s)")
     parser.add_argument("--split", default="train",
                         help="dataset split to draw from; the train transforms are used whatever the split "
                         "(default %(default)s)")
-    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="override config keys, e.g. --set data.root=/data/x transforms.train.0.size=256")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the draws (default %(default)s)")
     args = parser.parse_args(argv)
     if args.num < 1:
@@ -1089,16 +1088,16 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line entry point: write the augmentation preview; returns the exit status."""
     args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    # Imported here, not at the top: both modules import this one.
-    from train import class_info
-    from utils.config import ConfigError, load_config
+    setup_logging()
+    return guarded(lambda: _preview(args), logger, args.debug)
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        logger.error("%s", exc)
-        return 2
+
+def _preview(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: both modules import this one.
+    from utils.builders import class_info
+    from utils.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
     torch.manual_seed(args.seed)
     dataset = DATASETS.build(cfg.data.name, split=args.split, transforms=build_transforms(cfg.transforms.train),
                              **cfg.dataset_kwargs())

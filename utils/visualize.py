@@ -18,6 +18,9 @@ _BASE_PALETTE = [
     (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128),
 ]
 IGNORE_COLOR = (255, 255, 255)
+# Binary prediction contours: colours far from red/brown tissue (skin lesions) and from
+# the white ground-truth contour; the first one not too close to the fill is used.
+CONTOUR_COLORS = ((0, 255, 255), (255, 255, 0))   # cyan, then yellow
 
 
 def default_palette(num_classes: int) -> np.ndarray:
@@ -67,20 +70,39 @@ def boundary(mask: np.ndarray) -> np.ndarray:
     return edge
 
 
+def contour_color(fill: Sequence[int]) -> Tuple[int, int, int]:
+    """A contour colour that stands out from red tissue and from ``fill``."""
+    fill_arr = np.asarray(fill, dtype=np.float32)
+    for colour in CONTOUR_COLORS:
+        if np.linalg.norm(np.asarray(colour, dtype=np.float32) - fill_arr) > 150:
+            return colour
+    return CONTOUR_COLORS[-1]
+
+
 def overlay(image: np.ndarray, pred: np.ndarray, palette: np.ndarray, alpha: float = 0.45,
-            target: Optional[np.ndarray] = None) -> np.ndarray:
+            target: Optional[np.ndarray] = None, binary: bool = False,
+            color: Optional[Sequence[int]] = None) -> np.ndarray:
     """Blend the predicted classes into ``image`` and draw contours.
 
     ``image`` is (H, W, 3) uint8; ``pred`` and ``target`` are (H, W) class
     indices. Background (class 0) is left unblended. Prediction contours are
     drawn in the class colour; ground-truth contours, when given, in white.
+
+    ``binary``: the foreground is blended in ``color`` (an RGB triple; default
+    the class-1 palette colour) and its contour is drawn in cyan or yellow, so
+    it stays visible on red objects such as skin lesions.
     """
     out = image.astype(np.float32)
-    colours = colorize(pred, palette).astype(np.float32)
     fg = pred > 0
-    out[fg] = (1.0 - alpha) * out[fg] + alpha * colours[fg]
     edge = boundary(pred)
-    out[edge] = colours[edge]
+    if binary:
+        fill = np.asarray(palette[1] if color is None else color, dtype=np.float32)
+        out[fg] = (1.0 - alpha) * out[fg] + alpha * fill
+        out[edge] = contour_color(fill)
+    else:
+        colours = colorize(pred, palette).astype(np.float32)
+        out[fg] = (1.0 - alpha) * out[fg] + alpha * colours[fg]
+        out[edge] = colours[edge]
     if target is not None:
         out[boundary(target)] = 255.0
     return out.clip(0, 255).astype(np.uint8)
