@@ -6,11 +6,13 @@ The faults (disk full, NaN loss) are injected by ``tests/entry_faults.py``.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -24,21 +26,60 @@ REPO = Path(__file__).resolve().parents[1]
 USER_ERROR = 2
 
 
-def run_entry(args: Sequence[str], cwd: Path, faults: Sequence[str] = ()) -> Tuple[int, str]:
-    """``python <args>`` (a script path under the repo, or ``-m module``) in ``cwd``; (status, stdout+stderr)."""
-    command = [sys.executable, *args]
+class Launcher:
+    """A client of ``tests/entry_launcher.py``: runs commands in forked children of one warm process."""
+
+    def __init__(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "entry_launcher.py")], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert json.loads(self.proc.stdout.readline()) == {"ready": True}
+
+    def run(self, argv: Sequence[str], cwd: Path, timeout: float = 300) -> Tuple[int, str]:
+        self.proc.stdin.write(json.dumps({"argv": list(argv), "cwd": str(cwd), "timeout": timeout}) + "\n")
+        self.proc.stdin.flush()
+        reply = json.loads(self.proc.stdout.readline())
+        return reply["status"], reply["output"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def launcher() -> Iterator[Launcher]:
+    global LAUNCHER
+    LAUNCHER = Launcher()
+    yield LAUNCHER
+    LAUNCHER.close()
+    LAUNCHER = None
+
+
+LAUNCHER: Optional[Launcher] = None
+
+
+def run_entry(args: Sequence[str], cwd: Path, faults: Sequence[str] = (), fresh: bool = False) -> Tuple[int, str]:
+    """``python <args>`` (a script path under the repo, or ``-m module``) in ``cwd``; (status, stdout+stderr).
+
+    ``fresh`` starts a new interpreter, exactly as a user does; otherwise the command runs in a forked
+    child of the warm launcher (the same code path after start-up, without 3.5 s of imports each time).
+    """
+    command = list(args)
     if faults:
-        command = [sys.executable, str(REPO / "tests" / "entry_faults.py"), *faults, "--", *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
-    return proc.returncode, proc.stdout + proc.stderr
+        command = [str(REPO / "tests" / "entry_faults.py"), *faults, "--", *args]
+    if fresh or LAUNCHER is None:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        proc = subprocess.run([sys.executable, *command], cwd=cwd, capture_output=True, text=True, timeout=300,
+                              env=env)
+        return proc.returncode, proc.stdout + proc.stderr
+    return LAUNCHER.run(command, cwd)
 
 
 def train_cmd(*args: str) -> List[str]:
     return [str(REPO / "train.py"), *args]
 
 
-def test_cmd(*args: str) -> List[str]:
+def predict_cmd(*args: str) -> List[str]:
     return [str(REPO / "test.py"), *args]
 
 
@@ -215,7 +256,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
      "3 output channels, 3 classes"),
 ])
 def test_test_py_with_a_checkpoint_of_another_model(trained: Path, override: str, held: str, asked: str) -> None:
-    args = test_cmd("--config", str(trained / "cfg.yaml"), "--set", *override.split(), "--output", "out")
+    args = predict_cmd("--config", str(trained / "cfg.yaml"), "--set", *override.split(), "--output", "out")
     line = error_line(run_entry(args, trained), "best.pt: holds", held, asked)
     assert "python test.py --checkpoint" in line and line.index(held) < line.index(asked)
 
@@ -257,7 +298,7 @@ def test_checkpoint_dir_that_is_a_file(tmp_path: Path) -> None:
 
 
 def test_unknown_split(trained: Path) -> None:
-    error_line(run_entry(test_cmd("--config", str(trained / "cfg.yaml"), "--split", "nope"), trained),
+    error_line(run_entry(predict_cmd("--config", str(trained / "cfg.yaml"), "--split", "nope"), trained),
                "test.split='nope'", "split must be one of")
 
 
@@ -270,13 +311,13 @@ def test_input_folder_problems(case: str, trained: Path, tmp_path: Path) -> None
         Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / "a.png")
         (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     needle = {"missing": "folder does not exist", "empty": "holds no images", "corrupt": "b.png"}[case]
-    args = test_cmd("--config", str(trained / "cfg.yaml"), "--input", str(folder), "--output", str(tmp_path / "o"))
+    args = predict_cmd("--config", str(trained / "cfg.yaml"), "--input", str(folder), "--output", str(tmp_path / "o"))
     error_line(run_entry(args, trained), needle)
 
 
 def test_output_that_is_a_file(trained: Path, tmp_path: Path) -> None:
     (tmp_path / "taken").write_text("")
-    args = test_cmd("--config", str(trained / "cfg.yaml"), "--output", str(tmp_path / "taken"))
+    args = predict_cmd("--config", str(trained / "cfg.yaml"), "--output", str(tmp_path / "taken"))
     error_line(run_entry(args, trained), "--output", "taken: is a file")
 
 
@@ -366,3 +407,33 @@ def test_debug_shows_the_traceback_of_a_user_error(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, make_pairs(tmp_path / "data"), train={"batch_size": 64})
     status, output = run_entry(train_cmd("--config", str(cfg), "--debug"), tmp_path)
     assert status == USER_ERROR and "Traceback" in output and "fewer than train.batch_size=64" in output
+
+
+# ----------------------------------------------------------------- the launcher is faithful
+
+
+def _strip_time(output: str) -> List[str]:
+    return [line.split(" ", 1)[1] for line in output.splitlines() if " ERROR " in line or " WARNING " in line]
+
+
+@pytest.mark.parametrize("case", ["bad data", "disk full", "re-run", "test.py"])
+def test_a_fresh_interpreter_gives_what_the_launcher_gives(case: str, trained: Path, tmp_path: Path) -> None:
+    """The fast path (a forked child of the warm launcher) and ``python script`` as a user runs it agree."""
+    faults: List[str] = []
+    if case == "bad data":
+        root = make_pairs(tmp_path / "data")
+        _size_mismatch(root)
+        args, cwd = train_cmd("--config", str(write_config(tmp_path, root))), tmp_path
+    elif case == "disk full":
+        args = train_cmd("--config", str(write_config(tmp_path, make_pairs(tmp_path / "data"))))
+        cwd, faults = tmp_path, ["--disk-full-at-save", "1"]
+    elif case == "re-run":
+        args, cwd = train_cmd("--config", str(trained / "cfg.yaml")), trained
+    else:
+        args, cwd = predict_cmd("--config", str(trained / "cfg.yaml"), "--set", "model.base_channels=8"), trained
+    fresh = run_entry(args, cwd, faults, fresh=True)
+    if case == "disk full":
+        shutil.rmtree(tmp_path / "ck")
+    forked = run_entry(args, cwd, faults)
+    error_line(fresh)
+    assert fresh[0] == forked[0] and _strip_time(fresh[1]) == _strip_time(forked[1])
