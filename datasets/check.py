@@ -39,10 +39,10 @@ from tqdm import tqdm
 
 from datasets.io import (
     MaskMapping,
-    _decode_mask,
-    _drop_alpha,
-    _load_array,
-    _pack_rgb,
+    decode_mask,
+    drop_alpha,
+    load_array,
+    pack_rgb,
     class_range_problem,
     colour_mask_problem,
 )
@@ -464,11 +464,11 @@ def _decode_for_check(path: Path, mapping: MaskMapping) -> np.ndarray:
     raising.
     """
     try:
-        return _decode_mask(path, mapping)
+        return decode_mask(path, mapping)
     except ValueError:
         if mapping.decode == "colour":
             raise
-        pixels = _drop_alpha(_load_array(path, mode="colour"))
+        pixels = drop_alpha(load_array(path, mode="colour"))
         if pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype == np.uint8:
             return pixels
         raise
@@ -477,7 +477,7 @@ def _decode_for_check(path: Path, mapping: MaskMapping) -> np.ndarray:
 def _distinct(pixels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Distinct values (K,) or colours (K, 3) of a mask and their pixel counts (K,) int64."""
     if pixels.ndim == 3:
-        packed, counts = np.unique(_pack_rgb(pixels), return_counts=True)
+        packed, counts = np.unique(pack_rgb(pixels), return_counts=True)
         colours = np.stack([packed >> 16, (packed >> 8) & 255, packed & 255], axis=1).astype(np.uint8)
         return colours, counts.astype(np.int64)
     flat = pixels.reshape(-1)

@@ -6,22 +6,14 @@
 ``IGNORE_INDEX`` raise with the file name and a suggested fix).
 
 How raw mask pixels become classes is set by a *mask mapping*, the value of
-``data.mask_mapping`` in a config; ``parse_mask_mapping`` turns that value into
-a ``MaskMapping``:
-
-- ``"identity"``: pixel values are class indices (8/16-bit grey, or the
-  indices of a palette PNG);
-- ``"binary"``: grey value > 127 is class 1, else 0 (0/255 and JPEG masks);
-- ``"nonzero"``: any non-zero value is class 1 (instance-label masks);
-- ``{value: class}``: an explicit value table, e.g. ``{0: 0, 128: 1, 255: 2}``;
-- ``{"R,G,B": class}``: a colour table for colour-coded RGB masks; keys may
-  also be written ``"[R, G, B]"`` or ``"#rrggbb"``.
+``data.mask_mapping`` (see utils/mask_mapping.py). ``load_array``,
+``drop_alpha`` and ``decode_mask`` are shared with the data check, which
+must decode files exactly as training does.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -29,9 +21,10 @@ from PIL import Image
 
 from utils.constants import IGNORE_INDEX, IMAGE_SUFFIXES
 from utils.errors import DataError
+from utils.mask_mapping import (IdentityMapping, MaskMapping, format_colour_counts, format_values, pack_rgb,
+                                parse_mask_mapping)
 
 INTENSITY_MODES = ("auto", "percentile", "none")
-MASK_MAPPING_NAMES = ("identity", "binary", "nonzero")
 
 #: Percentiles an image is clipped to before scaling to [0, 1] (nnU-Net style).
 PERCENTILE_RANGE = (0.5, 99.5)
@@ -53,7 +46,7 @@ def list_images(folder: PathLike) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _load_array(path: PathLike, mode: str) -> np.ndarray:
+def load_array(path: PathLike, mode: str) -> np.ndarray:
     """Decode ``path`` with PIL into an ``(H, W)`` or ``(H, W, C)`` array.
 
     ``mode`` "index" keeps palette indices and other values as stored,
@@ -73,7 +66,7 @@ def _load_array(path: PathLike, mode: str) -> np.ndarray:
 
 
 def _convert(pil: Image.Image, mode: str) -> Image.Image:
-    """Apply the conversion ``mode`` of ``_load_array`` to an opened image."""
+    """Apply the conversion ``mode`` of ``load_array`` to an opened image."""
     if pil.mode.startswith("I") or pil.mode == "F":
         return pil
     if mode == "grey":
@@ -87,7 +80,7 @@ def _convert(pil: Image.Image, mode: str) -> Image.Image:
     return pil.convert("RGBA" if "transparency" in pil.info else "RGB")
 
 
-def _drop_alpha(array: np.ndarray) -> np.ndarray:
+def drop_alpha(array: np.ndarray) -> np.ndarray:
     """Remove the alpha channel of an ``(H, W, 2)`` grey+alpha or ``(H, W, 4)`` RGBA array."""
     if array.ndim == 3 and array.shape[2] in (2, 4):
         return array[..., :-1]
@@ -113,11 +106,11 @@ def read_image(path: PathLike, intensity: str = "auto", in_channels: int = 3) ->
     """
     if intensity not in INTENSITY_MODES:
         raise DataError(f"intensity must be one of {', '.join(INTENSITY_MODES)}, got {intensity!r}")
-    array = _load_array(path, mode="colour")
+    array = load_array(path, mode="colour")
     check_finite(array, path)
     eight_bit = array.dtype == np.uint8
     if in_channels != 4:
-        array = _drop_alpha(array)
+        array = drop_alpha(array)
     array = array.astype(np.float32).reshape(array.shape[:2] + (-1,))
     if in_channels == 1 and array.shape[2] == 3:
         array = (array.astype(np.float64) @ LUMA_WEIGHTS).astype(np.float32)[..., None]
@@ -125,7 +118,7 @@ def read_image(path: PathLike, intensity: str = "auto", in_channels: int = 3) ->
         array = percentile_scale(array)
     elif intensity == "auto":
         array = array / 255.0
-    array = _match_channels(array, in_channels, path)
+    array = match_channels(array, in_channels, path)
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32))
 
 
@@ -139,7 +132,7 @@ def check_finite(array: np.ndarray, path: PathLike) -> None:
                         "Replace them (e.g. with 0 or the image's mean) or remove the image")
 
 
-def _match_channels(array: np.ndarray, in_channels: int, path: PathLike) -> np.ndarray:
+def match_channels(array: np.ndarray, in_channels: int, path: PathLike) -> np.ndarray:
     """Return an ``(H, W, C)`` array with ``in_channels`` channels, repeating grey to 3 if asked."""
     channels = array.shape[2]
     if channels == in_channels:
@@ -164,215 +157,6 @@ def percentile_scale(array: np.ndarray) -> np.ndarray:
     return ((clipped - low) / (high - low)).astype(np.float32)
 
 
-# ------------------------------------------------------------- mask mappings
-
-
-class MaskMapping:
-    """Turns the decoded pixels of a mask file into int64 class indices.
-
-    ``decode`` says how the file is read before ``__call__`` (a ``_load_array``
-    mode): "index" (values or palette indices), "grey" (8-bit luminance) or
-    "colour" (RGB triples).
-    """
-
-    decode = "index"
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def classes(self) -> List[int]:
-        """The classes this mapping can produce; empty when that depends on the file."""
-        return []
-
-
-class IdentityMapping(MaskMapping):
-    """Pixel values are the class indices."""
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return pixels.astype(np.int64)
-
-    def __repr__(self) -> str:
-        return "MaskMapping('identity')"
-
-
-class BinaryMapping(MaskMapping):
-    """Grey value above 127 is class 1, the rest class 0."""
-
-    decode = "grey"
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return (pixels > 127).astype(np.int64)
-
-    def classes(self) -> List[int]:
-        return [0, 1]
-
-    def __repr__(self) -> str:
-        return "MaskMapping('binary')"
-
-
-class NonzeroMapping(MaskMapping):
-    """Any non-zero value (e.g. an instance label) is class 1."""
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return (pixels != 0).astype(np.int64)
-
-    def classes(self) -> List[int]:
-        return [0, 1]
-
-    def __repr__(self) -> str:
-        return "MaskMapping('nonzero')"
-
-
-class ValueMapping(MaskMapping):
-    """An explicit ``{pixel value: class}`` table; other values (but ``IGNORE_INDEX``) are errors."""
-
-    def __init__(self, table: Mapping[int, int]) -> None:
-        self.table = dict(sorted(table.items()))
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        values, inverse = np.unique(pixels, return_inverse=True)
-        table = {**{IGNORE_INDEX: IGNORE_INDEX}, **self.table}
-        unmapped = [int(v) for v in values if int(v) not in table]
-        if unmapped:
-            raise DataError(
-                f"holds values {_format_values(unmapped)} missing from data.mask_mapping "
-                f"{self.table}; add them to the mapping"
-            )
-        lookup = np.array([table[int(v)] for v in values], dtype=np.int64)
-        return lookup[inverse].reshape(pixels.shape)
-
-    def classes(self) -> List[int]:
-        return sorted(set(self.table.values()))
-
-    def __repr__(self) -> str:
-        return f"MaskMapping({self.table})"
-
-
-class ColourMapping(MaskMapping):
-    """A ``{(r, g, b): class}`` table for colour-coded RGB masks; other colours are errors."""
-
-    decode = "colour"
-
-    def __init__(self, table: Mapping[Tuple[int, int, int], int]) -> None:
-        self.table = dict(sorted(table.items()))
-        self._packed = {int(_pack_rgb(np.array(rgb))): cls for rgb, cls in self.table.items()}
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        colours, inverse, counts = np.unique(_pack_rgb(pixels), return_inverse=True, return_counts=True)
-        unmapped = [(int(c), int(n)) for c, n in zip(colours, counts) if int(c) not in self._packed]
-        if unmapped:
-            raise DataError(
-                f"holds {len(unmapped)} colour(s) missing from data.mask_mapping: "
-                f"{_format_colour_counts(unmapped)}; add them to the mapping as \"R,G,B\": class"
-            )
-        lookup = np.array([self._packed[int(c)] for c in colours], dtype=np.int64)
-        return lookup[inverse].reshape(pixels.shape[:2])
-
-    def classes(self) -> List[int]:
-        return sorted(set(self.table.values()))
-
-    def __repr__(self) -> str:
-        keys = {",".join(map(str, rgb)): cls for rgb, cls in self.table.items()}
-        return f"MaskMapping({keys})"
-
-
-def _pack_rgb(pixels: np.ndarray) -> np.ndarray:
-    """``(..., 3)`` uint8 colours -> one int64 per colour (0xRRGGBB)."""
-    rgb = pixels.astype(np.int64)
-    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-
-
-def _format_colour_counts(colour_counts: List[Tuple[int, int]], limit: int = 5) -> str:
-    """``"255,0,0" (1200 px), ...`` for the ``limit`` most frequent packed colours."""
-    top = sorted(colour_counts, key=lambda item: -item[1])[:limit]
-    text = ", ".join(f'"{c >> 16},{(c >> 8) & 255},{c & 255}" ({n} px)' for c, n in top)
-    if len(colour_counts) > limit:
-        text += f" and {len(colour_counts) - limit} more"
-    return text
-
-
-_COLOUR_LIST = re.compile(r"^[\[(]?\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*[\])]?$")
-_COLOUR_HEX = re.compile(r"^#([0-9a-fA-F]{6})$")
-
-
-def parse_colour(key: Any) -> Tuple[int, int, int]:
-    """Parse a colour key: "255,0,0", "[255, 0, 0]", "#ff0000" or a 3-sequence of ints."""
-    if isinstance(key, (tuple, list)) and len(key) == 3 and all(_is_int(v) for v in key):
-        rgb = tuple(int(v) for v in key)
-    elif isinstance(key, str) and _COLOUR_HEX.match(key.strip()):
-        hex_digits = key.strip()[1:]
-        rgb = tuple(int(hex_digits[i : i + 2], 16) for i in (0, 2, 4))
-    elif isinstance(key, str) and _COLOUR_LIST.match(key.strip()):
-        rgb = tuple(int(v) for v in _COLOUR_LIST.match(key.strip()).groups())
-    else:
-        rgb = ()
-    if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
-        raise DataError(
-            f"bad colour key {key!r} in data.mask_mapping: write colours as "
-            f'"255,0,0", "[255, 0, 0]" or "#ff0000" (each channel 0..255)'
-        )
-    return rgb  # type: ignore[return-value]
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_value_key(key: Any) -> bool:
-    """Whether a mapping key names a pixel value (an int, or a string of digits)."""
-    return _is_int(key) or (isinstance(key, str) and key.strip().isdigit())
-
-
-def parse_mask_mapping(value: Any) -> MaskMapping:
-    """Turn a ``data.mask_mapping`` value into a ``MaskMapping``; invalid forms raise ValueError."""
-    if isinstance(value, MaskMapping):
-        return value
-    if isinstance(value, str):
-        named = {"identity": IdentityMapping, "binary": BinaryMapping, "nonzero": NonzeroMapping}
-        key = value.strip().lower()
-        if key not in named:
-            raise DataError(
-                f"unknown data.mask_mapping {value!r}; valid names: {', '.join(MASK_MAPPING_NAMES)}, "
-                f'or a {{value: class}} / {{"R,G,B": class}} mapping'
-            )
-        return named[key]()
-    if not isinstance(value, dict) or not value:
-        raise DataError(
-            f"data.mask_mapping must be one of {', '.join(MASK_MAPPING_NAMES)} or a non-empty "
-            f"{{value: class}} / {{\"R,G,B\": class}} mapping, got {value!r}"
-        )
-    classes = {key: _parse_class(key, cls) for key, cls in value.items()}
-    if all(_is_value_key(key) for key in classes):
-        return ValueMapping({int(key): cls for key, cls in classes.items()})
-    if any(_is_value_key(key) for key in classes):
-        raise DataError(
-            f"data.mask_mapping mixes pixel values and colours: {value!r}; "
-            "use only values (grey masks) or only colours (RGB masks)"
-        )
-    return ColourMapping(_colour_table(classes))
-
-
-def _parse_class(key: Any, cls: Any) -> int:
-    """Check that the class a mapping key maps to is a non-negative int."""
-    if not _is_int(cls) or cls < 0:
-        raise DataError(
-            f"data.mask_mapping maps {key!r} to {cls!r}; classes must be integers "
-            f"0..num_classes-1 (or {IGNORE_INDEX} = ignore)"
-        )
-    return int(cls)
-
-
-def _colour_table(classes: Dict[Any, int]) -> Dict[Tuple[int, int, int], int]:
-    """Parse colour keys, rejecting two keys that name the same colour."""
-    table: Dict[Tuple[int, int, int], int] = {}
-    for key, cls in classes.items():
-        rgb = parse_colour(key)
-        if rgb in table:
-            raise DataError(f"data.mask_mapping lists colour {key!r} twice (as {rgb})")
-        table[rgb] = cls
-    return table
-
-
 # --------------------------------------------------------------------- masks
 
 
@@ -387,7 +171,7 @@ def read_mask(path: PathLike, mask_mapping: Any, num_classes: int) -> torch.Tens
             and a likely fix.
     """
     mapping = parse_mask_mapping(mask_mapping)
-    pixels = _decode_mask(path, mapping)
+    pixels = decode_mask(path, mapping)
     try:
         classes = mapping(pixels)
     except ValueError as exc:
@@ -396,17 +180,17 @@ def read_mask(path: PathLike, mask_mapping: Any, num_classes: int) -> torch.Tens
     return torch.from_numpy(np.ascontiguousarray(classes))
 
 
-def _decode_mask(path: PathLike, mapping: MaskMapping) -> np.ndarray:
+def decode_mask(path: PathLike, mapping: MaskMapping) -> np.ndarray:
     """Read the pixels ``mapping`` expects: ``(H, W, 3)`` for "colour", ``(H, W)`` otherwise."""
     if mapping.decode == "colour":
-        pixels = _drop_alpha(_load_array(path, mode="colour"))
+        pixels = drop_alpha(load_array(path, mode="colour"))
         if pixels.dtype != np.uint8:
             raise DataError(
                 f"{path}: is a {pixels.dtype} grey mask but data.mask_mapping is a colour mapping; "
                 "map grey values with data.mask_mapping: {value: class}"
             )
         return np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
-    pixels = _drop_alpha(_load_array(path, mode=mapping.decode))
+    pixels = drop_alpha(load_array(path, mode=mapping.decode))
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[..., 0]
     if pixels.ndim == 3:
@@ -421,8 +205,8 @@ def _decode_mask(path: PathLike, mapping: MaskMapping) -> np.ndarray:
 
 def colour_mask_problem(pixels: np.ndarray, mapping: MaskMapping) -> Tuple[str, str]:
     """(what is wrong, the fix) for an ``(H, W, 3)`` colour mask read with a one-value-per-pixel mapping."""
-    colours, counts = np.unique(_pack_rgb(pixels), return_counts=True)
-    listed = _format_colour_counts([(int(c), int(n)) for c, n in zip(colours, counts)])
+    colours, counts = np.unique(pack_rgb(pixels), return_counts=True)
+    listed = format_colour_counts([(int(c), int(n)) for c, n in zip(colours, counts)])
     top = sorted(zip(counts, colours), reverse=True)[:3]
     example = ", ".join(f'"{c >> 16},{(c >> 8) & 255},{c & 255}": {i}' for i, (_, c) in enumerate(top))
     return (
@@ -457,13 +241,13 @@ def class_range_problem(
     if bad:
         raw = [int(v) for v in np.unique(pixels)]
         return (
-            f"holds values {_format_values(bad)} but data.num_classes={num_classes} allows "
+            f"holds values {format_values(bad)} but data.num_classes={num_classes} allows "
             f"0..{num_classes - 1} (and {IGNORE_INDEX} = ignore)",
             _range_hint(raw, mapping, num_classes),
         )
     if isinstance(mapping, IdentityMapping) and num_classes == 2 and IGNORE_INDEX in present:
         return (
-            f"holds values {_format_values(present)} but data.num_classes=2 allows 0..1 "
+            f"holds values {format_values(present)} but data.num_classes=2 allows 0..1 "
             f"(and {IGNORE_INDEX} = ignore, so this mask has no foreground)",
             f"If these are 0/255 binary masks set data.mask_mapping: binary; if {IGNORE_INDEX} really marks "
             f"unlabelled pixels say so with data.mask_mapping: {{0: 0, 1: 1, {IGNORE_INDEX}: {IGNORE_INDEX}}}",
@@ -504,12 +288,3 @@ def _range_hint(values: List[int], mapping: MaskMapping, num_classes: int) -> st
         f"Increase data.num_classes to {max(values) + 1} or map the values with "
         "data.mask_mapping: {value: class}"
     )
-
-
-def _format_values(values: List[int], limit: int = 10) -> str:
-    """``{0, 3, 7}``, sorted, with at most ``limit`` values shown."""
-    values = sorted(values)
-    text = ", ".join(str(v) for v in values[:limit])
-    if len(values) > limit:
-        text += f", ... ({len(values) - limit} more)"
-    return "{" + text + "}"

@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 
 from datasets.folder import FolderDataset, Sample
-from datasets.io import LUMA_WEIGHTS, _match_channels, list_images
+from datasets.io import LUMA_WEIGHTS, match_channels, list_images
 from utils.constants import IGNORE_INDEX, IMAGE_SUFFIXES
 from utils.fileio import atomic_open
 from utils.registry import DATASETS
@@ -325,7 +325,7 @@ def image_tensor(pixels: np.ndarray, in_channels: int, path: Path) -> torch.Tens
     array = pixels.astype(np.float32).reshape(pixels.shape[:2] + (-1,))
     if in_channels == 1 and array.shape[2] == 3:
         array = (array.astype(np.float64) @ LUMA_WEIGHTS).astype(np.float32)[..., None]
-    array = _match_channels(array / 255.0, in_channels, path)
+    array = match_channels(array / 255.0, in_channels, path)
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32))
 
 

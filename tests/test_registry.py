@@ -1,12 +1,12 @@
 """Registries: decorator registration, duplicates, unknown names listing valid ones."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-import datasets  # noqa: F401  (fills DATASETS)
-import models  # noqa: F401  (fills MODELS)
-import utils.losses  # noqa: F401
-import utils.transforms  # noqa: F401
 from utils.registry import DATASETS, LOSSES, MODELS, TRANSFORMS, Registry
 
 
@@ -53,3 +53,20 @@ def test_project_registries_are_filled_on_import() -> None:
             "gaussian_blur", "normalize"} <= set(TRANSFORMS.names())
     with pytest.raises(KeyError, match="valid model names: .*unet"):
         MODELS.build("segformer")
+
+
+def test_each_registry_imports_its_package_on_the_first_lookup() -> None:
+    """The config layer imports no plugin: a registry brings its package in when a name is looked up."""
+    code = (
+        "import sys\n"
+        "import utils.config\n"
+        "from utils.registry import DATASETS, LOSSES, MODELS, TRANSFORMS\n"
+        "plugins = ('models', 'datasets', 'utils.losses', 'utils.transforms')\n"
+        "assert not [p for p in plugins if p in sys.modules], [p for p in plugins if p in sys.modules]\n"
+        "assert 'unet' in MODELS and 'models' in sys.modules and 'datasets' not in sys.modules\n"
+        "DATASETS.get('folder'); LOSSES.names(); TRANSFORMS.get('hflip')\n"
+        "assert all(p in sys.modules for p in plugins)\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

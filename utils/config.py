@@ -37,6 +37,7 @@ import yaml
 
 from utils.errors import ConfigError
 from utils.fileio import write_text
+from utils.mask_mapping import parse_mask_mapping
 from utils.registry import DATASETS, LOSSES, MODELS, TRANSFORMS, Registry
 
 log = logging.getLogger(__name__)
@@ -466,18 +467,9 @@ def _check_named_list(ctx: _Context, keypath: str, items: Any, registry: Registr
     return out
 
 
-def _ensure_registries() -> None:
-    """Import the packages whose modules fill the registries."""
-    import datasets  # noqa: F401
-    import models  # noqa: F401
-    import utils.losses  # noqa: F401
-    import utils.transforms  # noqa: F401
-
-
 def config_from_dict(raw: Any, source: str = "<dict>", overridden: Sequence[str] = (),
                      check_paths: bool = True) -> Config:
     """Validate a raw (YAML-shaped) dict and return a :class:`Config`."""
-    _ensure_registries()
     ctx = _Context(source, overridden)
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the config must be a mapping of sections, got {_describe_value(raw)}")
@@ -524,7 +516,6 @@ def config_from_dict(raw: Any, source: str = "<dict>", overridden: Sequence[str]
 
 def _check_consistency(ctx: _Context, cfg: Config, dataset_cls: Any, check_paths: bool) -> None:
     """Cross-field checks: classes vs channels, metric names, ranges, paths."""
-    from datasets import parse_mask_mapping
     from utils.metrics import scalar_metric_names
 
     n, out = cfg.data.num_classes, cfg.model.out_channels
@@ -686,7 +677,6 @@ def drop_foreign_model_options(raw: Dict[str, Any], file_model: Any, overridden:
     if "model.name" not in overridden or not isinstance(model, dict):
         return []
     new_model = model.get("name")
-    _ensure_registries()
     if new_model == file_model or file_model not in MODELS or new_model not in MODELS:
         return []
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
