@@ -28,7 +28,6 @@ classes, sigmoid/threshold or softmax, normalisation, checkpoint). See utils/exp
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import sys
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from datasets import list_images, read_image
-from utils.builders import build_model, class_info
+from utils.builders import build_model, class_names_and_palette
 from utils.checkpoint import inference_weights, load_checkpoint, load_weights, saved_config
 from utils.cli import add_config_arguments, guarded, setup_logging
 from utils.config import Config, apply_overrides, config_from_dict, load_config
@@ -47,9 +46,10 @@ from utils.constants import IGNORE_INDEX, IMAGE_SUFFIXES
 from utils.errors import CheckpointError, ConfigError, DataError
 from utils.export import FORMATS as EXPORT_FORMATS
 from utils.export import ExportError, default_export_path, export_model, sidecar_path
-from utils.fileio import atomic_open, write_json
-from utils.inference import labels_from_probabilities, predict_probabilities
+from utils.fileio import write_json
+from utils.inference import predict_labels
 from utils.metrics import ConfusionMatrix, format_metrics, per_image_scores
+from utils.reporting import csv_row, per_image_means, write_csv
 from utils.registry import DATASETS
 from utils.runtime import select_device
 from utils.transforms import build_transforms
@@ -137,56 +137,13 @@ def iter_samples(cfg: Config, input_dir: Optional[str]) -> Tuple[int, Iterator[S
     return len(dataset), from_dataset()
 
 
-def predict(model: torch.nn.Module, image: torch.Tensor, transforms: Callable, device: torch.device,
-            threshold: float, amp: str, inference: Any = None) -> np.ndarray:
-    """(H, W) int64 class indices at the image's original size.
-
-    ``inference`` (``cfg.inference``) picks whole-image or sliding-window
-    prediction and the TTA; with the sliding window the image stays on the CPU
-    and only its tiles go to ``device``.
-    """
-    size = tuple(image.shape[-2:])
+def predict(model: torch.nn.Module, image: torch.Tensor, transforms: Callable, cfg: Config,
+            device: torch.device) -> np.ndarray:
+    """(H, W) int64 class indices at the image's original size (probabilities resized, bilinear)."""
     x, _ = transforms(image, None)
-    x = x.as_subclass(torch.Tensor).unsqueeze(0)
-    if inference is None or inference.mode != "slide":
-        x = x.to(device)
-    probs = predict_probabilities(model, x, out_size=size, amp=amp, settings=inference)
-    return labels_from_probabilities(probs, threshold)[0].cpu().numpy()
-
-
-def _csv_row(name: str, scores: Dict[str, Any]) -> Dict[str, Any]:
-    row: Dict[str, Any] = {"image": name}
-    for key, value in scores.items():
-        if isinstance(value, float) or value is None:
-            row[key] = value
-        elif isinstance(value, dict) and key in ("dice_per_class", "iou_per_class"):
-            for cls, v in value.items():
-                row[f"{key.split('_')[0]}_{cls}"] = v
-    return row
-
-
-def _write_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
-    columns: List[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    with atomic_open(path, "w") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, restval="")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if v is None else (f"{v:.6f}" if isinstance(v, float) else v))
-                             for k, v in row.items()})
-
-
-def _per_image_means(rows: List[Dict[str, Any]], num_classes: int) -> Dict[str, Any]:
-    keys = ["dice_foreground", "iou_foreground"] if num_classes == 2 else ["mean_dice", "miou"]
-    out: Dict[str, Any] = {}
-    for key in keys:
-        values = [r[key] for r in rows if isinstance(r.get(key), float)]
-        out[key] = float(np.mean(values)) if values else None
-    out["definition"] = ("mean over images of each image's own score (per-case averaging, as nnU-Net reports); "
-                         "images where the score is undefined (class absent from both prediction and truth) "
-                         "are left out. Differs from the dataset-level figures in 'metrics'.")
-    return out
+    labels = predict_labels(model, x.as_subclass(torch.Tensor).unsqueeze(0), cfg.inference, cfg.model.threshold,
+                            cfg.train.amp, out_size=tuple(image.shape[-2:]), device=device)
+    return labels[0].cpu().numpy()
 
 
 def run(cfg: Config, ckpt_path: Path, state: Dict[str, Any], input_dir: Optional[str] = None,
@@ -197,7 +154,7 @@ def run(cfg: Config, ckpt_path: Path, state: Dict[str, Any], input_dir: Optional
     transforms = build_transforms(cfg.transforms.val)
     out_dir = Path(output) if output else Path(cfg.test.output_dir) / cfg.experiment
     num_classes = cfg.data.num_classes
-    class_names, palette = class_info(cfg)
+    class_names, palette = class_names_and_palette(cfg)
     count, samples = iter_samples(cfg, input_dir)
     log.info("predicting %d images with %s (epoch %s) -> %s", count, ckpt_path, state.get("epoch"), out_dir)
 
@@ -205,14 +162,14 @@ def run(cfg: Config, ckpt_path: Path, state: Dict[str, Any], input_dir: Optional
     rows: List[Dict[str, Any]] = []
     thumbs: List[np.ndarray] = []
     for name, image, mask in tqdm(samples, total=count, desc="predict", disable=not cfg.train.progress):
-        pred = predict(model, image, transforms, device, cfg.model.threshold, cfg.train.amp, cfg.inference)
+        pred = predict(model, image, transforms, cfg, device)
         save_png(mask_image(pred, num_classes, palette), out_dir / "masks" / f"{name}.png")
         target = None
         if mask is not None:
             target = mask.numpy()
             pred_t = torch.from_numpy(pred)
             cm.update(pred_t, mask)
-            rows.append(_csv_row(name, per_image_scores(pred_t, mask, num_classes, IGNORE_INDEX, class_names)))
+            rows.append(csv_row(name, per_image_scores(pred_t, mask, num_classes, IGNORE_INDEX, class_names)))
         if cfg.test.save_overlays:
             display = to_display(image)
             shown = overlay(display, pred, palette, cfg.test.overlay_alpha, target,
@@ -231,10 +188,10 @@ def run(cfg: Config, ckpt_path: Path, state: Dict[str, Any], input_dir: Optional
                                "prediction": ("sigmoid > %.3f" % cfg.model.threshold) if cfg.binary_sigmoid
                                else "argmax of softmax"}
     if rows:
-        _write_csv(out_dir / "per_image.csv", rows)
+        write_csv(out_dir / "per_image.csv", rows)
         metrics = cm.compute()
         summary["metrics"] = metrics
-        summary["per_image_mean"] = _per_image_means(rows, num_classes)
+        summary["per_image_mean"] = per_image_means(rows, num_classes)
         log.info("%s: %s", summary["source"], format_metrics(metrics))
     write_json(out_dir / "summary.json", summary)
     log.info("results written to %s", out_dir)
@@ -256,7 +213,7 @@ def _main(args: argparse.Namespace) -> int:
         model = load_model(cfg, ckpt_path, state, bool(args.config))
         try:
             export_model(model, cfg, args.export, out_path, checkpoint=ckpt_path, epoch=state.get("epoch"),
-                         class_names=class_info(cfg)[0])
+                         class_names=class_names_and_palette(cfg)[0])
         except ExportError as exc:
             log.error("%s", exc)
             return 1

@@ -29,9 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
 from datasets.synthetic import generate  # noqa: E402
-from utils.config import load_config  # noqa: E402
 from utils.amp import grad_scaler, resolve_amp  # noqa: E402
+from utils.builders import (build_criterion, build_datasets, build_loaders, build_model, build_optimizer,  # noqa: E402
+                            build_scheduler, prepare_model, resolve_num_workers)
+from utils.config import load_config  # noqa: E402
+from utils.distributed import DistInfo  # noqa: E402
 from utils.losses import build_loss  # noqa: E402
+from utils.runtime import StopFlag, seed_everything, select_device  # noqa: E402
+from utils.train_state import RoundStats, TrainState  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,24 +60,29 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def train_one_epoch(state: TrainState, loader, epoch: int) -> float:
+    """One pass over ``loader`` through train.py's step (as many whole accumulation steps as fit); seconds."""
+    steps = len(loader) // state.cfg.train.accumulate
+    stats = train.train_one_round(state, iter(loader), steps, RoundStats(), StopFlag(), label=f"epoch {epoch}")
+    return stats.seconds
+
+
 def variant_speed(cfg, variant: str, train_ds, val_ds, device: torch.device, epochs: int) -> float:
     """Images/s of train.py's epoch with ``variant`` = amp mode, plus ``+cl`` for channels_last."""
     amp, _, layout = variant.partition("+")
     cfg.train.amp, cfg.train.channels_last = amp, layout == "cl"
-    train.seed_everything(cfg.seed)
-    loader, _ = train.build_loaders(cfg, train_ds, val_ds, device)
-    model = train.prepare_model(cfg, device, train.DistInfo())
-    criterion = build_loss(cfg.loss)
-    optimizer = train.build_optimizer(cfg, model)
-    scheduler = train.build_scheduler(cfg, optimizer, len(loader))
-    scaler = grad_scaler(device, resolve_amp(amp, device))
+    seed_everything(cfg.seed)
+    loader, _ = build_loaders(cfg, train_ds, val_ds, device)
+    model = prepare_model(cfg, device, DistInfo())
+    optimizer = build_optimizer(cfg, model)
+    state = TrainState(cfg, device, model, model, build_loss(cfg.loss), optimizer,
+                       build_scheduler(cfg, optimizer, len(loader)), grad_scaler(device, resolve_amp(amp, device)), None)
     best = float("inf")
     for epoch in range(epochs + 1):  # the first epoch warms up (cuDNN autotuning, allocator)
         synchronize(device)
-        stats = train.train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, device, epoch, cfg,
-                                      train.StopFlag())
+        seconds = train_one_epoch(state, loader, epoch)
         if epoch > 0:
-            best = min(best, stats["seconds"])
+            best = min(best, seconds)
     return len(loader) * cfg.train.batch_size / best
 
 
@@ -90,7 +100,7 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    device = train.select_device(args.device)
+    device = select_device(args.device)
     variants = args.variants if args.variants is not None else (
         ["off", "fp16", "bf16", "off+cl", "fp16+cl", "bf16+cl"] if device.type == "cuda" else [])
 
@@ -100,29 +110,26 @@ def main() -> None:
         cfg = load_config(args.config, [f"data.root={root}", f"data.num_workers={args.workers}",
                                         "train.progress=true", f"train.checkpoint_dir={tmp}/ckpt", "train.amp=off",
                                         f"device={device}"])
-        train.seed_everything(cfg.seed)
-        train_ds, val_ds = train.build_datasets(cfg)
-        loader, _ = train.build_loaders(cfg, train_ds, val_ds, device)
-        model = train.build_model(cfg).to(device)
-        criterion = build_loss(train.resolve_class_weights(cfg, train_ds, Path(tmp)))
-        optimizer = train.build_optimizer(cfg, model)
-        scheduler = train.build_scheduler(cfg, optimizer, len(loader))
-        scaler = grad_scaler(device, "off")
-        stop = train.StopFlag()
+        seed_everything(cfg.seed)
+        train_ds, val_ds = build_datasets(cfg)
+        loader, _ = build_loaders(cfg, train_ds, val_ds, device)
+        model = build_model(cfg).to(device)
+        criterion = build_criterion(cfg, train_ds, Path(tmp))
+        optimizer = build_optimizer(cfg, model)
+        state = TrainState(cfg, device, model, model, criterion, optimizer,
+                           build_scheduler(cfg, optimizer, len(loader)), grad_scaler(device, "off"), None)
 
         batches = [(x.to(device), y.to(device)) for x, y in loader]  # also warms the persistent workers
         raw_epoch(model, batches[:2], criterion, optimizer, device)  # warm-up (allocator, kernels)
         loop_times, raw_times = [], []
         for epoch in range(1, args.epochs + 1):  # interleaved so machine noise hits both alike
             synchronize(device)
-            stats = train.train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, device,
-                                          epoch, cfg, stop)
-            loop_times.append(stats["seconds"])
+            loop_times.append(train_one_epoch(state, loader, epoch))
             raw_times.append(raw_epoch(model, batches, criterion, optimizer, device))
 
         n = len(batches) * cfg.train.batch_size
         loop, raw = min(loop_times), min(raw_times)
-        workers = train.resolve_num_workers(cfg.data.num_workers, device)
+        workers = resolve_num_workers(cfg.data.num_workers, device)
         print(f"config {args.config}: {n} images/epoch at batch {cfg.train.batch_size}, on {device}, "
               f"{args.threads} torch threads, {workers} loader workers, AMP off")
         print(f"train.py epoch (DataLoader + transforms + loss + step + tqdm): {loop:7.2f} s  ({n / loop:6.1f} img/s)")

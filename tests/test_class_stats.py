@@ -12,6 +12,7 @@ import yaml
 from PIL import Image
 
 import train
+import utils.builders as builders
 import utils.class_stats as class_stats
 from datasets.folder import FolderDataset
 from tests.conftest import minimal_config
@@ -124,8 +125,8 @@ def test_training_with_median_frequency_weights(tmp_path: Path, monkeypatch: pyt
     config = tmp_path / "exp.yaml"
     config.write_text(yaml.safe_dump(raw))
     built = []
-    real_build = train.build_loss
-    monkeypatch.setattr(train, "build_loss", lambda specs, *a: built.append(specs) or real_build(specs, *a))
+    real_build = builders.build_loss
+    monkeypatch.setattr(builders, "build_loss", lambda specs, *a: built.append(specs) or real_build(specs, *a))
 
     assert train.main(["--config", str(config)]) == 0
     run_dir = tmp_path / "checkpoint" / "unit"

@@ -10,6 +10,7 @@ from typing import List
 import torch
 
 import train
+from utils.builders import build_datasets, build_loaders, build_model
 from tests.test_train_e2e import REPO
 from utils.checkpoint import load_checkpoint
 from utils.config import load_config
@@ -49,14 +50,14 @@ def test_two_gloo_processes_train_resume_and_match_single_process_metrics(tiny_r
     # The validation metrics of the 2-process run equal one process evaluating the same checkpoint:
     # 5 validation images split 3 + 2, confusion matrices summed.
     cfg = load_config(tiny_run, ["train.val_batch_size=1"])
-    model = train.build_model(cfg)
+    model = build_model(cfg)
     model.load_state_dict(state["model"])
-    train_ds, val_ds = train.build_datasets(cfg)
-    _, val_loader = train.build_loaders(cfg, train_ds, val_ds, torch.device("cpu"))
+    train_ds, val_ds = build_datasets(cfg)
+    _, val_loader = build_loaders(cfg, train_ds, val_ds, torch.device("cpu"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        single, _ = train.evaluate(model, val_loader, torch.device("cpu"), 2, cfg.model.threshold)
+        single, _ = train.evaluate(model, val_loader, cfg, torch.device("cpu"))
     finally:
         torch.set_num_threads(threads)
     distributed = state["history"][-1]["val"]

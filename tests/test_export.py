@@ -18,7 +18,7 @@ import yaml
 import utils.export as export
 from tests.conftest import minimal_config, write_pair
 from tests.test_train_e2e import load_test_script
-from train import build_model
+from utils.builders import build_model
 from utils.checkpoint import save_checkpoint
 from utils.config import Config, config_from_dict
 

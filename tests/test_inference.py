@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 import train
+from utils.builders import build_datasets, build_model
+from utils.sampling import collate
 from utils.inference import labels_from_logits, labels_from_probabilities, predict_probabilities, probabilities
 
 
@@ -49,14 +51,21 @@ def test_predict_probabilities_restores_size() -> None:
     assert torch.allclose(probs, torch.full_like(probs, 1 / 3))
 
 
+def _config(threshold: float):
+    from tests.conftest import minimal_config
+    from utils.config import config_from_dict
+
+    return config_from_dict(minimal_config("unused", model={"threshold": threshold}), check_paths=False)
+
+
 def test_evaluate_uses_the_configured_threshold() -> None:
     images = torch.zeros(4, 3, 6, 6)
     masks = torch.zeros(4, 6, 6, dtype=torch.long)
     masks[:, :3] = 1  # half foreground
     loader = [(images[:2], masks[:2]), (images[2:], masks[2:])]
     model = Constant(0.3)  # sigmoid(0.3) = 0.574: foreground at threshold 0.5, background at 0.6
-    at_05, _ = train.evaluate(model, loader, torch.device("cpu"), num_classes=2, threshold=0.5)
-    at_06, _ = train.evaluate(model, loader, torch.device("cpu"), num_classes=2, threshold=0.6)
+    at_05, _ = train.evaluate(model, loader, _config(threshold=0.5), torch.device("cpu"))
+    at_06, _ = train.evaluate(model, loader, _config(threshold=0.6), torch.device("cpu"))
     assert at_05["dice_foreground"] == pytest.approx(2 * 72 / (72 + 144))  # all predicted foreground
     assert at_05["pixel_accuracy"] == pytest.approx(0.5)
     assert at_06["dice_foreground"] == pytest.approx(0.0)  # nothing predicted foreground
@@ -70,13 +79,13 @@ def test_validation_metrics_do_not_depend_on_batch_size(binary_folder) -> None:
 
     cfg = config_from_dict(minimal_config(binary_folder, data={"val_fraction": 0.7}))
     torch.manual_seed(0)
-    model = train.build_model(cfg).eval()
-    _, val_ds = train.build_datasets(cfg)
+    model = build_model(cfg).eval()
+    _, val_ds = build_datasets(cfg)
     assert len(val_ds) >= 8
     results = []
     for batch_size in (1, 8):
-        loader = torch.utils.data.DataLoader(val_ds, batch_size=batch_size, collate_fn=train.collate)
-        metrics, _ = train.evaluate(model, loader, torch.device("cpu"), 2, cfg.model.threshold)
+        loader = torch.utils.data.DataLoader(val_ds, batch_size=batch_size, collate_fn=collate)
+        metrics, _ = train.evaluate(model, loader, cfg, torch.device("cpu"))
         results.append(metrics)
     assert results[0]["confusion_matrix"] == results[1]["confusion_matrix"]
     assert results[0]["dice_foreground"] == results[1]["dice_foreground"]

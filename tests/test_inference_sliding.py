@@ -1,6 +1,8 @@
 """Sliding-window inference, Gaussian blending, TTA and the stitch device, against hand-built values."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import math
 from dataclasses import replace
 from typing import List, Optional, Sequence, Tuple
@@ -393,14 +395,22 @@ def test_window_stitches_tiles_with_gaussian_weights_by_hand() -> None:
     assert ramp.tolist() == pytest.approx(expected, rel=1e-6)
 
 
-def test_bad_settings_raise_with_the_key() -> None:
-    model, image = pointwise(3, 2), torch.zeros(1, 3, 8, 8)
-    with pytest.raises(ValueError, match="inference.tile"):
-        predict_probabilities(model, image, settings=settings(tile=None))
-    with pytest.raises(ValueError, match="inference.flips"):
-        predict_probabilities(model, image, settings=settings(flips=["d"]))
-    with pytest.raises(ValueError, match="inference.mode"):
-        predict_probabilities(model, image, settings=settings(mode="tiles"))
+@pytest.mark.parametrize("inference, key", [
+    ({"mode": "slide"}, "inference.tile"),
+    ({"mode": "slide", "tile": [0, 8]}, "inference.tile"),
+    ({"flips": ["d"]}, "inference.flips"),
+    ({"mode": "tiles"}, "inference.mode"),
+    ({"scales": [0.0, 1.0]}, "inference.scales"),
+    ({"tile_batch": 0}, "inference.tile_batch"),
+    ({"overlap": 1.0}, "inference.overlap"),
+])
+def test_bad_settings_fail_once_in_the_config_naming_the_key(inference: dict, key: str) -> None:
+    """Inference settings are checked in one place, the config; predict_probabilities trusts them."""
+    from tests.conftest import minimal_config
+    from utils.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        config_from_dict(minimal_config("unused", inference=inference), check_paths=False)
 
 
 # ----------------------------------------------------------------- test.py
@@ -431,11 +441,15 @@ def test_test_py_predict_runs_the_configured_sliding_window() -> None:
     image = torch.randn(3, 18, 22)
     model = ShapeRecorder()
     cpu = torch.device("cpu")
-    whole = script.predict(model, image, lambda img, mask: (img, mask), cpu, 0.5, "off")
+    def cfg(inference):  # what predict reads of a config
+        return SimpleNamespace(inference=inference, model=SimpleNamespace(threshold=0.5),
+                               train=SimpleNamespace(amp="off"))
+
+    whole = script.predict(model, image, lambda img, mask: (img, mask), cfg(None), cpu)
     assert model.sizes == [(18, 22)]
     model.sizes.clear()
-    slid = script.predict(model, image, lambda img, mask: (img, mask), cpu, 0.5, "off",
-                          settings(tile=(8, 8), tile_batch=4, flips=["h"]))
+    slid = script.predict(model, image, lambda img, mask: (img, mask),
+                          cfg(settings(tile=(8, 8), tile_batch=4, flips=["h"])), cpu)
     assert set(model.sizes) == {(8, 8)} and len(model.sizes) == 2 * 5  # 4 x 5 tiles, 2 flips, batches of 4
     expected = direct(model.conv, image[None])[0].argmax(0).numpy()  # 3 classes: the argmax of the softmax
     assert whole.shape == slid.shape == (18, 22)

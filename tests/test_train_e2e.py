@@ -133,9 +133,9 @@ def test_sigint_mid_round_saves_last_and_resume_matches_an_uninterrupted_run(tin
 
     state = torch.load(run_dir / "last.pt", weights_only=True)
     assert state["round"] == state["epoch"] == len(state["history"]) == 1 and state["step"] == 4
-    assert state["partial"] is not None, "a cut inside a round must be saved as a partial round"
-    assert state["partial"]["round"] == 2 and state["partial"]["steps"] == 6 - 4
-    assert state["partial"]["seen"] == 2 * 4  # two steps of batch_size 4
+    assert state["interrupted_round"] is not None, "a cut inside a round must be saved as an interrupted round"
+    assert state["interrupted_round"]["round"] == 2 and state["interrupted_round"]["steps"] == 6 - 4
+    assert state["interrupted_round"]["seen"] == 2 * 4  # two steps of batch_size 4
     assert all(s["step"] == 6 for s in state["optimizer"]["state"].values())  # the weights after step 6
 
     resumed = run_entry("train.py", *common, "experiment=cut", "--resume")
@@ -144,7 +144,7 @@ def test_sigint_mid_round_saves_last_and_resume_matches_an_uninterrupted_run(tin
     assert whole.returncode == 0, whole.stdout + whole.stderr
     done, reference = (torch.load(tmp_path / "checkpoint" / name / "last.pt", weights_only=True)
                        for name in ("cut", "whole"))
-    assert done["partial"] is None and done["round"] == reference["round"] == 3 and done["step"] == 12
+    assert done["interrupted_round"] is None and done["round"] == reference["round"] == 3 and done["step"] == 12
     same = ("round", "iteration", "train_loss", "loss_parts", "lr", "val")  # all but the throughput
     assert [{k: r[k] for k in same} for r in done["history"]] == [{k: r[k] for k in same}
                                                                   for r in reference["history"]]

@@ -15,6 +15,11 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 import train
+import utils.reporting as reporting
+from utils.builders import build_loaders, build_optimizer, build_scheduler
+from utils.distributed import DistInfo
+from utils.runtime import StopFlag
+from utils.train_state import RoundStats, TrainState, make_plan
 from tests.conftest import minimal_config
 from utils.amp import resolve_amp
 from utils.checkpoint import load_checkpoint
@@ -98,13 +103,13 @@ def test_accumulating_two_batches_of_two_equals_one_batch_of_four(binary_folder:
                                check_paths=False)
         torch.manual_seed(0)
         model = nn.Conv2d(3, 1, 3, padding=1)
-        optimizer = train.build_optimizer(cfg, model)
-        scheduler = train.build_scheduler(cfg, optimizer, steps_per_epoch=1)
+        optimizer = build_optimizer(cfg, model)
+        scheduler = build_scheduler(cfg, optimizer, steps_per_epoch=1)
         batches = iter([(images[i:i + batch], masks[i:i + batch]) for i in range(0, 4, batch)])
-        stats, interrupted = train.train_round(model, batches, 1, build_loss(cfg.loss), optimizer, scheduler,
-                                               torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"),
-                                               cfg, train.StopFlag())
-        assert stats.steps == 1 and stats.seen == 4 and not interrupted
+        state = TrainState(cfg, torch.device("cpu"), model, model, build_loss(cfg.loss), optimizer, scheduler,
+                           torch.amp.GradScaler("cpu", enabled=False), None)
+        stats = train.train_one_round(state, batches, 1, RoundStats(), StopFlag())
+        assert stats.steps == 1 and stats.seen == 4
         results.append((model.weight.detach().clone(), stats.loss))
     assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
     assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)
@@ -112,11 +117,11 @@ def test_accumulating_two_batches_of_two_equals_one_batch_of_four(binary_folder:
 
 def test_plan_in_epochs_and_in_iterations(binary_folder: Path) -> None:
     cfg = config_from_dict(minimal_config(binary_folder, train={"epochs": 3, "accumulate": 2, "val_interval": 2}))
-    plan = train.make_plan(cfg, batches_per_epoch=5)  # 2 whole steps of 2 batches per epoch
+    plan = make_plan(cfg, batches_per_epoch=5)  # 2 whole steps of 2 batches per epoch
     assert (plan.rounds, plan.total_steps, plan.steps_per_epoch) == (3, 6, 2)
     assert [plan.validates_after(r) for r in (1, 2, 3)] == [False, True, True]
     cfg = config_from_dict(minimal_config(binary_folder, train={"iterations": 7, "val_interval": 3}))
-    plan = train.make_plan(cfg, batches_per_epoch=5)
+    plan = make_plan(cfg, batches_per_epoch=5)
     assert plan.rounds == 3 and [plan.steps_in(r) for r in (1, 2, 3)] == [3, 3, 1]
     assert plan.label(3) == "iteration 7/7" and all(plan.validates_after(r) for r in (1, 2, 3))
 
@@ -156,7 +161,7 @@ def test_early_stopping_after_patience(tiny_run: Path, tmp_path: Path,
         return {"dice_foreground": next(scores)}, []
 
     monkeypatch.setattr(train, "evaluate", fake_evaluate)
-    monkeypatch.setattr(train, "format_metrics", lambda m: str(m))
+    monkeypatch.setattr(reporting, "format_metrics", lambda m: str(m))
     summary = train.run(load_config(tiny_run, ["train.epochs=6", "train.early_stop=3", "train.tensorboard=false"]))
     # 0.7 at round 2 is the best; 0.6, 0.7 (not better) and 0.65 make three without improvement.
     assert summary["early_stopped"] and summary["round"] == 5 and summary["best"] == 0.7
@@ -198,7 +203,7 @@ def test_deterministic_runs_repeat_and_resume_exactly(tiny_run: Path, tmp_path: 
     # Ctrl-C in the middle of epoch 2 (4 steps an epoch: right after its third step), then --resume.
     cut = interrupted_at_step(7, lambda: train_history(tiny_run, tmp_path, common, "c"))
     state = load_checkpoint(tmp_path / "checkpoint" / "c" / "last.pt")
-    assert len(cut) == 1 and state["partial"]["round"] == 2 and state["partial"]["steps"] == 3
+    assert len(cut) == 1 and state["interrupted_round"]["round"] == 2 and state["interrupted_round"]["steps"] == 3
     resumed = train_history(tiny_run, tmp_path, common, "c", resume=True)
     assert losses(resumed) == losses(first)
     assert [r["val"] for r in resumed] == [r["val"] for r in first]
@@ -215,7 +220,7 @@ def test_mid_epoch_resume_is_exact_with_loader_workers(tiny_run: Path, tmp_path:
     in_process = train_history(tiny_run, tmp_path, [*common, "data.num_workers=0"], "in_process")
     assert losses(in_process) == losses(whole)
     interrupted_at_step(6, lambda: train_history(tiny_run, tmp_path, common, "cut"))
-    assert load_checkpoint(tmp_path / "checkpoint" / "cut" / "last.pt")["partial"]["steps"] == 2
+    assert load_checkpoint(tmp_path / "checkpoint" / "cut" / "last.pt")["interrupted_round"]["steps"] == 2
     resumed = train_history(tiny_run, tmp_path, common, "cut", resume=True)
     assert losses(resumed) == losses(whole)
     assert [r["val"] for r in resumed] == [r["val"] for r in whole]
@@ -225,9 +230,9 @@ def test_too_few_images_per_process_is_a_clear_error(binary_folder: Path) -> Non
     cfg = config_from_dict(minimal_config(binary_folder, train={"batch_size": 4}))
     cpu = torch.device("cpu")
     with pytest.raises(ValueError, match="has 5 images, 2 per process for 2 processes, fewer than train.batch_size=4"):
-        train.build_loaders(cfg, range(5), range(2), cpu, train.DistInfo(rank=0, local_rank=0, world_size=2))
+        build_loaders(cfg, range(5), range(2), cpu, DistInfo(rank=0, local_rank=0, world_size=2))
     with pytest.raises(ValueError, match="has 3 images, fewer than train.batch_size=4"):
-        train.build_loaders(cfg, range(3), range(2), cpu)
+        build_loaders(cfg, range(3), range(2), cpu)
 
 
 # ----------------------------------------------------------------- gradient clipping, encoder freezing

@@ -233,13 +233,9 @@ def _slide(model: torch.nn.Module, image: torch.Tensor, tile_hw: Tuple[int, int]
 
 
 def _settings_tile(settings: Any) -> Tuple[int, int]:
-    tile = getattr(settings, "tile", None)
-    if tile is None:
-        raise ValueError("inference.mode: slide needs inference.tile, e.g. [512, 1024]")
-    tile_hw = (int(tile), int(tile)) if isinstance(tile, int) else (int(tile[0]), int(tile[1]))
-    if min(tile_hw) < 1:
-        raise ValueError(f"inference.tile: sizes must be positive, got {list(tile_hw)}")
-    return tile_hw
+    """(h, w) of ``settings.tile``, given as one side or two (validated with the config)."""
+    tile = settings.tile
+    return (int(tile), int(tile)) if isinstance(tile, int) else (int(tile[0]), int(tile[1]))
 
 
 def is_plain(settings: Any) -> bool:
@@ -274,6 +270,30 @@ def sliding_window_probabilities(model: torch.nn.Module, image: torch.Tensor, ti
 
 
 @torch.inference_mode()
+def predict_labels(model: torch.nn.Module, images: torch.Tensor, settings: Any, threshold: float = 0.5,
+                   amp: str = "off", channels_last: bool = False, out_size: Optional[Tuple[int, int]] = None,
+                   device: Optional[torch.device] = None) -> torch.Tensor:
+    """Class indices (N, H, W) int64: the one prediction path of validation and test.py.
+
+    ``images`` may lie on the CPU: a whole-image pass moves them to ``device``
+    (default: the model's), a sliding window sends only its tiles there. With
+    ``out_size`` the probabilities are resized (bilinear) before the labels
+    are taken. A plain pass at the input size takes the labels from the logits
+    (no softmax map is built); otherwise :func:`predict_probabilities` runs.
+    """
+    device = device if device is not None else model_device(model, images.device)
+    if is_plain(settings) and out_size is None:
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        x = images.to(device, non_blocking=True, memory_format=memory_format)
+        with autocast(device, resolve_amp(amp, device, warn=False)):
+            logits = model(x)
+        return labels_from_logits(logits.float(), threshold)
+    if settings is None or settings.mode != "slide":
+        images = images.to(device, non_blocking=True)
+    probs = predict_probabilities(model, images, out_size=out_size, amp=amp, settings=settings)
+    return labels_from_probabilities(probs, threshold)
+
+
 def predict_probabilities(model: torch.nn.Module, image: torch.Tensor,
                           out_size: Optional[Tuple[int, int]] = None,
                           amp: str = "off", settings: Any = None) -> torch.Tensor:
@@ -294,15 +314,10 @@ def predict_probabilities(model: torch.nn.Module, image: torch.Tensor,
             probs = F.interpolate(probs, size=out_size, mode="bilinear", align_corners=False)
         return probs
 
-    if settings.mode not in ("whole", "slide"):
-        raise ValueError(f"inference.mode must be whole or slide, got {settings.mode!r}")
+    # The settings were validated with the config (utils/config.py, _check_consistency).
     slide = settings.mode == "slide"
     tile_hw = _settings_tile(settings) if slide else (1, 1)
-    if slide and settings.tile_batch < 1:
-        raise ValueError(f"inference.tile_batch must be at least 1, got {settings.tile_batch}")
     scales = [float(s) for s in settings.scales]
-    if not scales or min(scales) <= 0:
-        raise ValueError(f"inference.scales: needs positive scales, got {settings.scales}")
     passes = [(scale, dims) for scale in scales for dims in flip_combinations(settings.flips)]
 
     home = image.device

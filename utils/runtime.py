@@ -89,12 +89,12 @@ class StopFlag:
     """Set by the first Ctrl-C; the loops finish the current step and return."""
 
     def __init__(self) -> None:
-        self.stop = False
+        self.requested = False
         self._previous: Any = None
 
     def _handle(self, signum: int, frame: Any) -> None:
         log.warning("interrupt received: finishing this step, saving last.pt (Ctrl-C again to abort)")
-        self.stop = True
+        self.requested = True
         signal.signal(signal.SIGINT, self._previous)
 
     def install(self) -> "StopFlag":

@@ -1094,7 +1094,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _preview(args: argparse.Namespace) -> int:
     # Imported here, not at the top: both modules import this one.
-    from utils.builders import class_info
+    from utils.builders import class_names_and_palette as class_info
     from utils.config import load_config
 
     cfg = load_config(args.config, args.overrides)
