@@ -36,8 +36,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 from tqdm import tqdm
 
-from datasets.check import DATA_CHECK_CACHE, check_before_training, check_dataset, format_report
-from utils.builders import build_model, class_info
+from datasets.check import (DATA_CHECK_CACHE, SPLITS, TRAINING_SPLITS, check_before_training, check_dataset,
+                            format_report)
+from utils.builders import build_check_splits, build_model, class_info
 from utils.checkpoint import inference_state, load_checkpoint, load_weights, require_resumable, save_checkpoint
 from utils.cli import EXIT_INTERRUPTED, add_config_arguments, guarded, log_to_file, setup_logging
 from utils.class_stats import CLASS_STATS_FILE, cached_class_counts, class_weights, format_weights
@@ -643,7 +644,11 @@ def _run(cfg: Config, resume: Optional[str], overwrite: bool, info: DistInfo, de
     run_dir = cfg.run_dir
     seed_everything(round_seed(cfg.seed, 0, info.rank))
     check_run_folder(run_dir, resume, overwrite, cfg.source)
-    check_before_training(cfg, cfg.data.check, Path(cfg.train.checkpoint_dir) / DATA_CHECK_CACHE,
+    splits, failures = build_check_splits(cfg, TRAINING_SPLITS if cfg.data.check != "off" else ())
+    check_before_training(splits, failures, cfg.data.check, Path(cfg.train.checkpoint_dir) / DATA_CHECK_CACHE,
+                          f"python train.py --config {cfg.source} --check-data", root=cfg.data.root,
+                          dataset_name=cfg.data.name, num_classes=cfg.data.num_classes,
+                          class_names=class_info(cfg)[0] or [f"class {k}" for k in range(cfg.data.num_classes)],
                           progress=cfg.train.progress and info.is_main)
 
     train_ds, val_ds = build_datasets(cfg)
@@ -809,7 +814,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.check_data:
-        report = check_dataset(cfg, progress=cfg.train.progress)
+        report = check_dataset(*build_check_splits(cfg, SPLITS), cfg.data.root, cfg.data.name, cfg.data.num_classes,
+                               class_info(cfg)[0] or [f"class {k}" for k in range(cfg.data.num_classes)],
+                               progress=cfg.train.progress)
         sys.stdout.write(format_report(report) + "\n")
         return report.exit_code
     summary = run(cfg, resume=args.resume, overwrite=args.overwrite)

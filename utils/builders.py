@@ -26,3 +26,22 @@ def class_info(cfg: Config) -> Tuple[Optional[List[str]], np.ndarray]:
     names = cfg.data.class_names or getattr(dataset_cls, "class_names", None)
     palette = getattr(dataset_cls, "palette", None)
     return names, (palette if palette is not None else default_palette(cfg.data.num_classes))
+
+
+def build_check_splits(cfg: Config, splits: Tuple[str, ...]
+                       ) -> Tuple[dict[str, torch.utils.data.Dataset], dict[str, Exception]]:
+    """The config's dataset built without transforms for each of ``splits``, for the data check.
+
+    Returns ``(datasets, failures)``: split -> dataset for the splits that
+    could be built, split -> the error (OSError or ValueError) for those that
+    could not (a split the layout lacks, unpaired files, a bad argument);
+    ``datasets.check`` sorts the failures into absent splits and problems.
+    """
+    built: dict[str, torch.utils.data.Dataset] = {}
+    failures: dict[str, Exception] = {}
+    for split in splits:
+        try:
+            built[split] = DATASETS.build(cfg.data.name, split=split, transforms=None, **cfg.dataset_kwargs())
+        except (OSError, ValueError) as exc:
+            failures[split] = exc
+    return built, failures
