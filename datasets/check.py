@@ -7,10 +7,11 @@ could be built (``utils.builders.build_check_splits`` builds them from a
 config) and the errors of those that could not; it reads them through the
 ``datasets.io.FileDataset`` protocol. Each image's size and mode come from
 its file header (pixels are not decoded); each mask is decoded once, the way
-the dataset decodes it, and counted with ``datasets.io.count_mask``. The report (on stdout) gives per split
-the number of pairs and of images without masks, the image size range, the
-image and mask modes, the raw mask values with their pixel counts, the pixels
-of each class after the mask mapping, and the classes that never occur.
+the dataset decodes it, and counted with ``datasets.io.count_mask``. The
+report (:func:`format_report`) gives per split the number of pairs and of
+images without masks, the image size range, the image and mask modes, the
+raw mask values with their pixel counts, the pixels of each class after the
+mask mapping, and the classes that never occur.
 
 Problems are collected, not raised, each with its file and the fix:
 unreadable images or masks, mask sizes that differ from their image, mask
@@ -27,6 +28,7 @@ import json
 import logging
 import os
 import re
+import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,9 +39,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from datasets.io import FileDataset, count_mask
+from datasets.io import FileDataset, Sample, count_mask
+from utils.cli import guarded, setup_logging
 from utils.constants import IGNORE_INDEX
-from utils.errors import DataError, DiskError
+from utils.errors import ConfigError, DataError, DiskError
 from utils.fileio import write_json
 from utils.mask_mapping import MaskMapping
 
@@ -220,11 +223,11 @@ def check_before_training(splits: Dict[str, FileDataset], failures: Dict[str, Ex
     _raise_first(problems, report_hint)
 
 
-def _scan_new(dataset: FileDataset, split: str, todo: List[Tuple[Tuple[Path, Optional[Path]], str]],
+def _scan_new(dataset: FileDataset, split: str, todo: List[Tuple[Sample, str]],
               progress: bool, workers: Optional[int]) -> Iterator[Tuple[str, List[Problem]]]:
     """(cache key, problems) of each pair in ``todo``, in order, read in ``workers`` threads."""
 
-    def scan(item: Tuple[Tuple[Path, Optional[Path]], str]) -> Tuple[str, List[Problem]]:
+    def scan(item: Tuple[Sample, str]) -> Tuple[str, List[Problem]]:
         (image, mask), key = item
         return key, _scan_sample(Path(image), None if mask is None else Path(mask), dataset.mask_mapping,
                                  dataset.num_classes, split)[1]
@@ -579,3 +582,17 @@ def _problem_lines(problems: List[Problem]) -> List[str]:
         if fix:
             lines.append(f"  fix: {fix}")
     return lines
+
+
+# ------------------------------------------------------------------ the old command line
+
+
+def _moved() -> int:
+    """``python -m datasets.check`` is gone: say what replaced it, rather than exit 0 having checked nothing."""
+    raise ConfigError("python -m datasets.check was replaced by: python train.py --config CONFIG --check-data "
+                      "(the same report and exit status)")
+
+
+if __name__ == "__main__":
+    setup_logging()
+    sys.exit(guarded(_moved, log))
