@@ -24,7 +24,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -33,10 +32,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from datasets.check import DATA_CHECK_CACHE, check_before_training, check_dataset, format_report
+from datasets.check import format_report
 from utils.amp import autocast, grad_scaler, resolve_amp
 from utils.builders import (build_criterion, build_datasets, build_loaders, build_optimizer, build_scheduler,
-                            class_names_and_palette, prepare_model, wrap_for_training)
+                            check_data_at_start, class_names_and_palette, data_report, prepare_model,
+                            wrap_for_training)
 from utils.checkpoint import inference_state, save_checkpoint
 from utils.cli import EXIT_INTERRUPTED, add_config_arguments, guarded, log_to_file, setup_logging
 from utils.config import Config, load_config, save_config
@@ -81,7 +81,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def dispatch(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.check_data:
-        report = check_dataset(cfg, progress=cfg.train.progress)
+        report = data_report(cfg, progress=cfg.train.progress)
         sys.stdout.write(format_report(report) + "\n")
         return report.exit_code
     summary = run(cfg, resume=args.resume, overwrite=args.overwrite)
@@ -119,8 +119,7 @@ def start(cfg: Config, resume: Optional[str], overwrite: bool, dist: DistInfo,
     """Check, build and resume everything; only then is the run folder written."""
     seed_everything(round_seed(cfg.seed, 0, dist.rank))
     check_run_folder(cfg.run_dir, resume, overwrite, cfg.source)
-    check_before_training(cfg, cfg.data.check, Path(cfg.train.checkpoint_dir) / DATA_CHECK_CACHE,
-                          progress=cfg.train.progress and dist.is_main)
+    check_data_at_start(cfg, progress=cfg.train.progress and dist.is_main)
     train_ds, val_ds = build_datasets(cfg)
     train_loader, val_loader = build_loaders(cfg, train_ds, val_ds, device, dist)
     plan = make_plan(cfg, len(train_loader))

@@ -2,7 +2,7 @@
 
 Writes ``--images`` dermoscopy-like JPEGs of ``--size`` (default 12 of
 4000x3000) with their 0/255 PNG masks in the official ISIC 2018 layout to a
-temp dir (``tests/fixtures_isic.py``), then reads every sample through the
+temp dir (``bench/fixtures.py``), then reads every sample through the
 ``isic2018`` dataset (``dataset[i]``, i.e. ``load_sample`` + transforms) with
 the same transforms for every mode, a resize to 256 x 256:
 
@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import datasets  # noqa: E402,F401 - registers isic2018
-from tests.fixtures_isic import write_isic_tree  # noqa: E402
+from bench.fixtures import write_isic_train  # noqa: E402
 from utils.registry import DATASETS  # noqa: E402
 from utils.transforms import build_transforms  # noqa: E402
 
@@ -66,7 +66,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "ISIC2018"
         start = time.perf_counter()
-        write_isic_tree(root, n_train=args.images, n_val=0, n_test=0, size=tuple(args.size))
+        write_isic_train(root, args.images, size=tuple(args.size))
         input_dir = root / "ISIC2018_Task1-2_Training_Input"
         jpeg_mb = folder_bytes(input_dir, "*.jpg") / args.images / 1e6
         print(f"{args.images} images {args.size[0]}x{args.size[1]} (JPEG {jpeg_mb:.1f} MB each) written in "

@@ -1,15 +1,17 @@
 """Data check: scan a dataset once and report what it holds and everything wrong with it.
 
-    python -m datasets.check --config configs/demo.yaml [--set data.root=/data/x] [--splits train val]
     python train.py --config configs/demo.yaml --check-data
 
-The config's dataset class is built for every split its layout has (train,
-val and test; a split the layout lacks is skipped). Each image's size and
-mode come from its file header (pixels are not decoded); each mask is decoded
-once, the way the dataset decodes it. The report (on stdout) gives per split
-the number of pairs and of images without masks, the image size range, the
-image and mask modes, the raw mask values with their pixel counts, the pixels
-of each class after the mask mapping, and the classes that never occur.
+Library code: :func:`check_dataset` takes the datasets of the splits that
+could be built (``utils.builders.build_check_splits`` builds them from a
+config) and the errors of those that could not; it reads them through the
+``datasets.io.FileDataset`` protocol. Each image's size and mode come from
+its file header (pixels are not decoded); each mask is decoded once, the way
+the dataset decodes it, and counted with ``datasets.io.count_mask``. The
+report (:func:`format_report`) gives per split the number of pairs and of
+images without masks, the image size range, the image and mask modes, the
+raw mask values with their pixel counts, the pixels of each class after the
+mask mapping, and the classes that never occur.
 
 Problems are collected, not raised, each with its file and the fix:
 unreadable images or masks, mask sizes that differ from their image, mask
@@ -18,9 +20,9 @@ e.g. ``set data.mask_mapping: binary`` for 0/255 masks), RGB colour masks
 under a value mapping, masks that are all ignore, and splits that cannot be
 built (unpaired files, empty or missing split folders).
 
-Exit status: 0 no problems, 1 problems found, 2 invalid config.
+:func:`check_before_training` is the start-up check of train.py
+(``data.check``): quick, cached per file, or the full report.
 """
-import argparse
 import hashlib
 import json
 import logging
@@ -31,27 +33,18 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from datasets.io import (
-    MaskMapping,
-    decode_mask,
-    drop_alpha,
-    load_array,
-    pack_rgb,
-    class_range_problem,
-    colour_mask_problem,
-)
-from utils.cli import add_config_arguments, guarded, setup_logging
-from utils.config import Config, load_config
+from datasets.io import FileDataset, Sample, count_mask
+from utils.cli import guarded, setup_logging
 from utils.constants import IGNORE_INDEX
-from utils.errors import DataError, DiskError
+from utils.errors import ConfigError, DataError, DiskError
 from utils.fileio import write_json
-from utils.registry import DATASETS
+from utils.mask_mapping import MaskMapping
 
 log = logging.getLogger("datasets.check")
 
@@ -157,55 +150,62 @@ class CheckReport:
 # ------------------------------------------------------------------ scanning
 
 
-def check_dataset(cfg: Config, splits: Sequence[str] = SPLITS, progress: bool = True,
+def check_dataset(splits: Dict[str, FileDataset], failures: Dict[str, Exception], root: Union[str, Path],
+                  dataset_name: str, num_classes: int, class_names: Sequence[str], progress: bool = True,
                   workers: Optional[int] = None) -> CheckReport:
-    """Scan every split in ``splits`` that the config's dataset has; never raises for bad data.
+    """Scan every dataset in ``splits``; never raises for bad data.
 
     Args:
-        cfg: a validated config; its dataset class is built with
-            ``cfg.dataset_kwargs()`` and no transforms.
-        splits: the splits to try.
+        splits: split name -> dataset built without transforms (``FileDataset`` protocol).
+        failures: split name -> the error building that split raised; sorted
+            into splits the layout lacks and problems (see :func:`_record_failures`).
+        root: the dataset folder, named in the report and searched for split folders.
+        dataset_name: the dataset's registry name, for the report's heading.
+        num_classes: classes, background included.
+        class_names: one name per class, for the report.
         progress: show a tqdm bar per split.
         workers: threads reading files (default: up to 8, one per core).
     """
-    report = CheckReport(dataset=cfg.data.name, root=str(cfg.data.root), num_classes=cfg.data.num_classes,
-                         class_names=_class_names(cfg))
-    workers = workers or min(8, os.cpu_count() or 1)
-    failures: Dict[str, Exception] = {}
-    for split in splits:
-        try:
-            dataset = DATASETS.build(cfg.data.name, split=split, transforms=None, **cfg.dataset_kwargs())
-        except (OSError, ValueError) as exc:
-            failures[split] = exc
-            continue
+    if len(class_names) != num_classes:
+        raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes")
+    report = CheckReport(dataset=dataset_name, root=str(root), num_classes=num_classes, class_names=list(class_names))
+    workers = workers or _default_workers()
+    for split, dataset in splits.items():
         report.splits[split] = _scan_split(dataset, split, report.problems, progress, workers)
-    _record_failures(report, failures, Path(cfg.data.root))
+    _record_failures(report, failures, Path(root))
     return report
 
 
-def check_before_training(cfg: Config, mode: str, cache_file: Optional[Path], progress: bool = True,
+def check_before_training(splits: Dict[str, FileDataset], failures: Dict[str, Exception], mode: str,
+                          cache_file: Optional[Path], report_hint: str, *, root: Union[str, Path],
+                          dataset_name: str, num_classes: int, class_names: Sequence[str], progress: bool = True,
                           workers: Optional[int] = None) -> None:
     """The start-up data check of train.py (``data.check``); raises DataError naming the first problem.
 
-    ``quick`` checks the train and val splits: pairing (building the split),
-    readable images and masks, image/mask sizes, NaN/Inf pixels and mask values
-    against the classes. A pair that passed is remembered in ``cache_file`` by
-    its files' (path, size, mtime) and the mask settings, so the next start
-    checks only new or changed files. ``full`` runs the whole check
-    (``--check-data``) without the cache and logs its report; ``off`` skips it.
+    ``quick`` checks ``splits`` (train.py's train and val): the split could
+    be built (else the error of the first of ``failures`` is raised as it
+    is), readable images and masks, image/mask sizes, NaN/Inf pixels and mask
+    values against the classes. A pair that passed is remembered in
+    ``cache_file`` by its files' (path, size, mtime) and the mask settings, so
+    the next start checks only new or changed files. ``full`` runs
+    :func:`check_dataset` without the cache and logs its report; ``off``
+    skips the check. ``report_hint`` names the command giving the full report
+    (e.g. ``python train.py --config X --check-data``); the keyword arguments
+    are those of :func:`check_dataset`.
     """
     if mode == "off":
         return
     if mode == "full":
-        report = check_dataset(cfg, splits=TRAINING_SPLITS, progress=progress, workers=workers)
+        report = check_dataset(splits, failures, root, dataset_name, num_classes, class_names, progress, workers)
         log.info("data check (data.check: full):\n%s", format_report(report))
-        _raise_first(report.problems, cfg)
+        _raise_first(report.problems, report_hint)
         return
+    if failures:
+        raise next(iter(failures.values()))
     passed = _read_cache(cache_file)
     problems: List[Problem] = []
     checked = 0
-    for split in TRAINING_SPLITS:
-        dataset = DATASETS.build(cfg.data.name, split=split, transforms=None, **cfg.dataset_kwargs())
+    for split, dataset in splits.items():
         samples = getattr(dataset, "samples", None)
         if samples is None:  # generated in memory: nothing on disk to check
             continue
@@ -213,23 +213,33 @@ def check_before_training(cfg: Config, mode: str, cache_file: Optional[Path], pr
         todo = [(sample, _signature(sample, settings)) for sample in samples]
         todo = [(sample, key) for sample, key in todo if key not in passed]
         checked += len(todo)
-
-        def scan(item: Tuple[Tuple[Path, Optional[Path]], str]) -> Tuple[str, List[Problem]]:
-            (image, mask), key = item
-            return key, _scan_sample(Path(image), None if mask is None else Path(mask), dataset.mask_mapping,
-                                     dataset.num_classes, split)[1]
-
-        with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-            results = tqdm(pool.map(scan, todo), total=len(todo), desc=f"check {split}", unit="img", leave=False,
-                           disable=not progress or not todo, mininterval=1.0)
-            for key, found in results:
-                problems.extend(found)
-                if not found:
-                    passed.add(key)
+        for key, found in _scan_new(dataset, split, todo, progress, workers):
+            problems.extend(found)
+            if not found:
+                passed.add(key)
     if checked:
         log.info("data check (quick): %d new or changed image(s) checked", checked)
         _write_cache(cache_file, passed)
-    _raise_first(problems, cfg)
+    _raise_first(problems, report_hint)
+
+
+def _scan_new(dataset: FileDataset, split: str, todo: List[Tuple[Sample, str]],
+              progress: bool, workers: Optional[int]) -> Iterator[Tuple[str, List[Problem]]]:
+    """(cache key, problems) of each pair in ``todo``, in order, read in ``workers`` threads."""
+
+    def scan(item: Tuple[Sample, str]) -> Tuple[str, List[Problem]]:
+        (image, mask), key = item
+        return key, _scan_sample(Path(image), None if mask is None else Path(mask), dataset.mask_mapping,
+                                 dataset.num_classes, split)[1]
+
+    with ThreadPoolExecutor(max_workers=workers or _default_workers()) as pool:
+        yield from tqdm(pool.map(scan, todo), total=len(todo), desc=f"check {split}", unit="img", leave=False,
+                        disable=not progress or not todo, mininterval=1.0)
+
+
+def _default_workers() -> int:
+    """Threads reading files: up to 8, one per core."""
+    return min(8, os.cpu_count() or 1)
 
 
 #: The quick check's memory of pairs that passed, in ``train.checkpoint_dir`` (shared by its runs).
@@ -272,7 +282,7 @@ def _write_cache(cache_file: Optional[Path], passed: set) -> None:
         log.warning("%s", exc)
 
 
-def _raise_first(problems: List[Problem], cfg: Config) -> None:
+def _raise_first(problems: List[Problem], report_hint: str) -> None:
     """Raise DataError for the first problem, counting the others and naming the full report's command."""
     if not problems:
         return
@@ -280,14 +290,8 @@ def _raise_first(problems: List[Problem], cfg: Config) -> None:
     fix = f". {first.fix[:1].upper()}{first.fix[1:]}" if first.fix else ""
     where = f"[{first.split}] " if first.split else ""
     more = f" ({len(problems) - 1} more problem(s)" if len(problems) > 1 else " (no other problem"
-    raise DataError(f"{where}{first.file}: {first.message}{fix}{more}; the full report: python train.py "
-                    f"--config {cfg.source} --check-data; data.check: off skips this check)")
-
-
-def _class_names(cfg: Config) -> List[str]:
-    """Config names first, then the dataset's official ones, else "class k"."""
-    names = cfg.data.class_names or getattr(DATASETS.get(cfg.data.name), "class_names", None)
-    return list(names) if names else [f"class {k}" for k in range(cfg.data.num_classes)]
+    raise DataError(f"{where}{first.file}: {first.message}{fix}{more}; the full report: {report_hint}; "
+                    "data.check: off skips this check)")
 
 
 def _record_failures(report: CheckReport, failures: Dict[str, Exception], root: Path) -> None:
@@ -392,38 +396,24 @@ def _scan_mask(path: Path, mapping: MaskMapping, num_classes: int, split: str, s
         problem(path, f"cannot read the mask: {exc}", _UNREADABLE_FIX, "unreadable mask")
         return None
     try:
-        pixels = _decode_for_check(path, mapping)
+        counts = count_mask(path, mapping, num_classes)
     except (OSError, ValueError) as exc:  # the message says what to change
         problem(path, _without_path(str(exc), path), "", "mask cannot be decoded")
         return None
     stats.mask_modes[_describe_mode(mode)] += 1
-    values, counts = _distinct(pixels)
-    stats.raw_values.update(dict(zip(_value_keys(values), counts.tolist())))
-    size = (pixels.shape[1], pixels.shape[0])
-    if values.ndim == 2 and mapping.decode != "colour":
-        message, fix = colour_mask_problem(pixels, mapping)
-        problem(path, message, fix, "RGB colour mask")
-        return size
-    try:
-        # Mappings are per-pixel lookups: map each distinct value once, as a (K, 1) "image".
-        classes = np.asarray(mapping(values.reshape(len(values), 1, *values.shape[1:]))).reshape(-1)
-    except ValueError as exc:
-        problem(path, _without_path(str(exc), path), "", "unmapped mask values")
-        return size
-    out_of_range = class_range_problem(values, classes, mapping, num_classes)
-    if out_of_range is not None:
-        problem(path, *out_of_range, "mask values outside the classes")
-        return size
-    labelled = classes != IGNORE_INDEX
-    np.add.at(stats.class_pixels, classes[labelled], counts[labelled])
-    stats.ignore_pixels = int(counts[~labelled].sum())
-    if not labelled.any():
+    stats.raw_values.update(dict(zip(_value_keys(counts.values), counts.value_pixels.tolist())))
+    if counts.problem is not None:
+        problem(path, _without_path(counts.problem.message, path), counts.problem.fix, counts.problem.kind)
+        return counts.size
+    stats.class_pixels += counts.class_pixels
+    stats.ignore_pixels = counts.ignore_pixels
+    if not counts.class_pixels.any():
         stats.num_all_ignore = 1
         if split in TRAINING_SPLITS:
             problem(path, f"every pixel maps to {IGNORE_INDEX} (ignore), so the image teaches nothing",
                     "label the image or remove the pair; if many masks do this, check data.mask_mapping",
                     "mask all ignore")
-    return size
+    return counts.size
 
 
 class _NonFinite(Exception):
@@ -454,39 +444,6 @@ def _describe_mode(mode: str) -> str:
     """A PIL mode with its bit depth per channel, e.g. "RGB (8-bit)", "I;16 (16-bit)"."""
     bits = 16 if mode.startswith("I;16") else _BITS.get(mode, 8)
     return f"{mode} ({bits}-bit)"
-
-
-def _decode_for_check(path: Path, mapping: MaskMapping) -> np.ndarray:
-    """The mask's pixels as training decodes them: ``(H, W)`` values, or ``(H, W, 3)`` colours.
-
-    Unlike ``read_mask``, an RGB colour mask under a one-value-per-pixel
-    mapping comes back as its colours (to be counted and reported) instead of
-    raising.
-    """
-    try:
-        return decode_mask(path, mapping)
-    except ValueError:
-        if mapping.decode == "colour":
-            raise
-        pixels = drop_alpha(load_array(path, mode="colour"))
-        if pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype == np.uint8:
-            return pixels
-        raise
-
-
-def _distinct(pixels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Distinct values (K,) or colours (K, 3) of a mask and their pixel counts (K,) int64."""
-    if pixels.ndim == 3:
-        packed, counts = np.unique(pack_rgb(pixels), return_counts=True)
-        colours = np.stack([packed >> 16, (packed >> 8) & 255, packed & 255], axis=1).astype(np.uint8)
-        return colours, counts.astype(np.int64)
-    flat = pixels.reshape(-1)
-    if flat.dtype in (np.uint8, np.uint16):  # bincount is several times faster than unique here
-        histogram = np.bincount(flat)
-        values = np.flatnonzero(histogram)
-        return values.astype(flat.dtype), histogram[values].astype(np.int64)
-    values, counts = np.unique(flat, return_counts=True)
-    return values, counts.astype(np.int64)
 
 
 def _value_keys(values: np.ndarray) -> List[RawValue]:
@@ -627,31 +584,15 @@ def _problem_lines(problems: List[Problem]) -> List[str]:
     return lines
 
 
-# ------------------------------------------------------------------ command line
+# ------------------------------------------------------------------ the old command line
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Check a dataset before training: counts, sizes, mask values, "
-                                            "class balance and every problem with its fix.")
-    add_config_arguments(p)
-    p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS,
-                   help="splits to check (default: every split the layout has)")
-    return p.parse_args(argv)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the check; 0 when the data is clean, 1 when problems were found, 2 for config errors."""
-    args = parse_args(argv)
-    setup_logging()
-    return guarded(lambda: _main(args), log, args.debug)
-
-
-def _main(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
-    report = check_dataset(cfg, splits=args.splits)
-    sys.stdout.write(format_report(report) + "\n")
-    return report.exit_code
+def _moved() -> int:
+    """``python -m datasets.check`` is gone: say what replaced it, rather than exit 0 having checked nothing."""
+    raise ConfigError("python -m datasets.check was replaced by: python train.py --config CONFIG --check-data "
+                      "(the same report and exit status)")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    setup_logging()
+    sys.exit(guarded(_moved, log))

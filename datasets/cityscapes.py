@@ -27,8 +27,8 @@ from typing import Any, List, Optional
 import numpy as np
 
 from datasets.folder import FolderDataset, Sample
-from datasets.io import IdentityMapping, MaskMapping
 from utils.constants import IGNORE_INDEX
+from utils.mask_mapping import IdentityMapping, MaskMapping
 from utils.registry import DATASETS
 from utils.errors import DataError
 

@@ -8,8 +8,9 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from datasets.io import INTENSITY_MODES, list_images, parse_mask_mapping, read_image, read_mask
+from datasets.io import INTENSITY_MODES, Sample, list_images, read_image, read_mask
 from utils.constants import IGNORE_INDEX, IMAGE_SUFFIXES
+from utils.mask_mapping import parse_mask_mapping
 from utils.registry import DATASETS
 from utils.errors import DataError
 
@@ -22,9 +23,6 @@ LAYOUT_HELP = (
     "or a flat root/images + root/masks split into train/val by val_fraction"
 )
 
-Sample = Tuple[Path, Optional[Path]]
-
-
 @DATASETS.register("folder")
 class FolderDataset(Dataset):
     """Image/mask pairs from root/<split>/{images,masks} or a flat root/{images,masks}.
@@ -35,6 +33,10 @@ class FolderDataset(Dataset):
     and split into train and val by ``val_fraction``. ``split="all"`` takes
     every pair. A test split may have no masks/ folder: its masks are then
     all ``IGNORE_INDEX``. Masks are validated as they are loaded.
+
+    ``root``, ``split``, ``num_classes``, ``mask_mapping`` and ``samples``
+    are public: they are the ``datasets.io.FileDataset`` protocol through
+    which the data check and the class statistics read the files.
 
     Args:
         root: dataset folder.

@@ -9,11 +9,17 @@ How raw mask pixels become classes is set by a *mask mapping*, the value of
 ``data.mask_mapping`` (see utils/mask_mapping.py). ``load_array``,
 ``drop_alpha`` and ``decode_mask`` are shared with the data check, which
 must decode files exactly as training does.
+
+:func:`count_mask` counts the raw values and the classes of one mask file;
+the data check (datasets/check.py) and the class statistics behind computed
+class weights (utils/class_stats.py) both count with it. They read a dataset
+through the :class:`FileDataset` protocol only.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, List, NamedTuple, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -33,6 +39,30 @@ PERCENTILE_RANGE = (0.5, 99.5)
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 
 PathLike = Union[str, Path]
+
+#: An image file and its mask file (None for an unlabelled image).
+Sample = Tuple[Path, Optional[Path]]
+
+
+class FileDataset(Protocol):
+    """What the data check and the class statistics read of a dataset whose samples are files.
+
+    FolderDataset and the datasets built on it (isic2018, cityscapes,
+    synthetic) provide it; a dataset without ``samples`` is not checked.
+
+    Attributes:
+        root: the dataset folder (named in messages and cache keys).
+        split: the split the samples belong to.
+        num_classes: classes, background included.
+        mask_mapping: how mask pixels become classes, as the dataset decodes them.
+        samples: every (image file, mask file or None) of the split, in order.
+    """
+
+    root: Path
+    split: str
+    num_classes: int
+    mask_mapping: MaskMapping
+    samples: Sequence[Sample]
 
 
 # --------------------------------------------------------------------- files
@@ -288,3 +318,109 @@ def _range_hint(values: List[int], mapping: MaskMapping, num_classes: int) -> st
         f"Increase data.num_classes to {max(values) + 1} or map the values with "
         "data.mask_mapping: {value: class}"
     )
+
+
+# ------------------------------------------------------------------ counting
+
+
+class MaskProblem(NamedTuple):
+    """Why a mask's pixels do not become classes: a short kind, what is wrong, and the fix ("" when
+    ``message`` already says it)."""
+
+    kind: str
+    message: str
+    fix: str
+
+
+@dataclass
+class MaskCounts:
+    """The raw values and the classes of one mask file, as :func:`count_mask` found them.
+
+    Attributes:
+        size: (width, height) of the mask.
+        values: the distinct raw values ``(K,)``, or colours ``(K, 3)`` of an RGB mask.
+        value_pixels: ``(K,)`` int64, pixels of each raw value.
+        class_pixels: ``(num_classes,)`` int64, pixels of each class after the mapping
+            (all zero when ``problem`` is set).
+        ignore_pixels: pixels mapped to ``IGNORE_INDEX``.
+        problem: None, or why the values do not map to the classes.
+    """
+
+    size: Tuple[int, int]
+    values: np.ndarray
+    value_pixels: np.ndarray
+    class_pixels: np.ndarray
+    ignore_pixels: int = 0
+    problem: Optional[MaskProblem] = field(default=None)
+
+    def raise_problem(self, path: PathLike) -> None:
+        """Raise DataError naming ``path``, what is wrong and the fix, when there is a problem."""
+        if self.problem is not None:
+            fix = f"; {self.problem.fix}" if self.problem.fix else ""
+            raise DataError(f"{path}: {self.problem.message}{fix}")
+
+
+def count_mask(path: PathLike, mapping: MaskMapping, num_classes: int) -> MaskCounts:
+    """Count the raw values of the mask file ``path`` and, mapped by ``mapping``, its classes.
+
+    Values that do not become classes in ``0..num_classes-1`` (or
+    ``IGNORE_INDEX``) are not raised but returned as ``problem``, with the
+    fix training's error would give; so is an RGB colour mask under a
+    one-value-per-pixel mapping (its colours are counted). A file that
+    cannot be decoded raises DataError.
+    """
+    pixels = _decode_counted(path, mapping)
+    values, value_pixels = distinct_pixels(pixels)
+    counts = MaskCounts((pixels.shape[1], pixels.shape[0]), values, value_pixels,
+                        np.zeros(num_classes, dtype=np.int64))
+    if values.ndim == 2 and mapping.decode != "colour":
+        counts.problem = MaskProblem("RGB colour mask", *colour_mask_problem(pixels, mapping))
+        return counts
+    try:
+        # Mappings are per-pixel lookups: map each distinct value once, as a (K, 1) "image".
+        classes = np.asarray(mapping(values.reshape(len(values), 1, *values.shape[1:]))).reshape(-1)
+    except ValueError as exc:
+        counts.problem = MaskProblem("unmapped mask values", str(exc), "")
+        return counts
+    out_of_range = class_range_problem(values, classes, mapping, num_classes)
+    if out_of_range is not None:
+        counts.problem = MaskProblem("mask values outside the classes", *out_of_range)
+        return counts
+    labelled = classes != IGNORE_INDEX
+    np.add.at(counts.class_pixels, classes[labelled], value_pixels[labelled])
+    counts.ignore_pixels = int(value_pixels[~labelled].sum())
+    return counts
+
+
+def _decode_counted(path: PathLike, mapping: MaskMapping) -> np.ndarray:
+    """The mask's pixels as training decodes them: ``(H, W)`` values, or ``(H, W, 3)`` colours.
+
+    Unlike :func:`decode_mask`, an RGB colour mask under a one-value-per-pixel
+    mapping comes back as its colours (to be counted and reported) instead of
+    raising.
+    """
+    try:
+        return decode_mask(path, mapping)
+    except ValueError:
+        if mapping.decode == "colour":
+            raise
+        pixels = drop_alpha(load_array(path, mode="colour"))
+        if pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype == np.uint8:
+            return pixels
+        raise
+
+
+def distinct_pixels(pixels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Distinct values ``(K,)`` of an ``(H, W)`` mask, or colours ``(K, 3)`` of an ``(H, W, 3)`` one, sorted,
+    and their pixel counts ``(K,)`` int64."""
+    if pixels.ndim == 3:
+        packed, counts = np.unique(pack_rgb(pixels), return_counts=True)
+        colours = np.stack([packed >> 16, (packed >> 8) & 255, packed & 255], axis=1).astype(np.uint8)
+        return colours, counts.astype(np.int64)
+    flat = pixels.reshape(-1)
+    if flat.dtype in (np.uint8, np.uint16):  # bincount is several times faster than unique here
+        histogram = np.bincount(flat)
+        values = np.flatnonzero(histogram)
+        return values.astype(flat.dtype), histogram[values].astype(np.int64)
+    values, counts = np.unique(flat, return_counts=True)
+    return values, counts.astype(np.int64)

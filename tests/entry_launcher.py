@@ -1,4 +1,4 @@
-"""Run entry points (train.py, test.py, ``-m datasets.check`` ...) in forked children of one warm process.
+"""Run entry points (train.py, test.py, ``-m datasets.synthetic`` ...) in forked children of one warm process.
 
 Starting ``python train.py`` costs about 3.5 s on a 2-core machine, nearly
 all of it importing torch and torchvision, and the user-error tests start it

@@ -1,6 +1,8 @@
-"""Data check: figures of a clean dataset, every kind of problem with its file and fix, the command lines."""
+"""Data check: figures of a clean dataset, every kind of problem with its file and fix, the start-up check,
+the command line (train.py --check-data)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -10,9 +12,12 @@ import yaml
 from PIL import Image
 
 import train
-from datasets.check import CheckReport, Problem, check_dataset, format_report, main
+from datasets.check import SPLITS, CheckReport, Problem, check_before_training, check_dataset, format_report
+from datasets.folder import FolderDataset
 from tests.conftest import minimal_config
-from utils.config import config_from_dict
+from utils.builders import build_check_splits, class_names_and_palette
+from utils.config import Config, config_from_dict
+from utils.errors import DataError
 
 
 def save(path: Path, array: np.ndarray, mode: str = "") -> None:
@@ -33,7 +38,14 @@ def run_check(root: Path, num_classes: int = 2, **data: Any) -> CheckReport:
     raw["model"]["out_channels"] = num_classes
     raw["loss"] = [{"name": "ce"}]
     raw["train"]["monitor"] = "miou"
-    return check_dataset(config_from_dict(raw), progress=False)
+    return check_config(config_from_dict(raw))
+
+
+def check_config(cfg: Config) -> CheckReport:
+    """What train.py --check-data does: every split the config's dataset has, checked."""
+    names = class_names_and_palette(cfg)[0]
+    return check_dataset(*build_check_splits(cfg, SPLITS), cfg.data.root, cfg.data.name, cfg.data.num_classes,
+                         names, progress=False)
 
 
 def by_kind(problems: List[Problem]) -> Dict[str, List[Problem]]:
@@ -86,7 +98,7 @@ def test_classes_that_never_occur_per_split_and_overall(clean_root: Path) -> Non
     assert report.exit_code == 0
     assert report.splits["train"].missing_classes() == [2] and report.total().missing_classes() == [2]
     text = format_report(report)
-    assert "train: 2 class 2" in text and "all: 2 class 2" in text
+    assert "train: 2 class_2" in text and "all: 2 class_2" in text  # the one default name (utils.metrics)
     assert "cannot be learned: check data.num_classes" in text
 
 
@@ -216,7 +228,7 @@ def synthetic_config(root: Path, image_size: int) -> Any:
 
 
 def test_synthetic_dataset(tmp_path: Path) -> None:
-    report = check_dataset(synthetic_config(tmp_path / "synth", 32), progress=False)
+    report = check_config(synthetic_config(tmp_path / "synth", 32))
     assert report.exit_code == 0 and report.absent_splits == ["test"]
     assert [s.num_pairs for s in report.splits.values()] == [3, 2]
     assert dict(report.total().sizes) == {(32, 32): 5} and dict(report.total().mask_modes) == {"P (8-bit)": 5}
@@ -224,7 +236,7 @@ def test_synthetic_dataset(tmp_path: Path) -> None:
 
 
 def test_a_bad_dataset_argument_is_a_problem_not_an_absent_split(tmp_path: Path) -> None:
-    report = check_dataset(synthetic_config(tmp_path / "synth", 16), progress=False)
+    report = check_config(synthetic_config(tmp_path / "synth", 16))
     assert report.absent_splits == ["test"]
     assert [(p.split, p.kind) for p in report.problems] == [("train", "split cannot be loaded"),
                                                             ("val", "split cannot be loaded")]
@@ -239,17 +251,6 @@ def write_config(tmp_path: Path, root: Path, mapping: str) -> Path:
     return path
 
 
-def test_command_line(tmp_path: Path, binary_folder: Path, capsys: pytest.CaptureFixture) -> None:
-    config = write_config(tmp_path, binary_folder, "binary")
-    assert main(["--config", str(config)]) == 0
-    out = capsys.readouterr().out
-    assert "No problems found." in out and "val" in out
-    assert main(["--config", str(config), "--set", "data.mask_mapping=identity", "--splits", "val"]) == 1
-    out = capsys.readouterr().out
-    assert "2 problem(s) found" in out and "set data.mask_mapping: binary" in out
-    assert main(["--config", str(config), "--set", "data.num_clases=2"]) == 2
-
-
 def test_train_check_data_reports_and_does_not_train(tmp_path: Path, binary_folder: Path,
                                                      capsys: pytest.CaptureFixture) -> None:
     config = write_config(tmp_path, binary_folder, "identity")
@@ -258,3 +259,64 @@ def test_train_check_data_reports_and_does_not_train(tmp_path: Path, binary_fold
     assert "12 problem(s) found" in out and "set data.mask_mapping: binary" in out
     assert not (tmp_path / "checkpoint").exists()
     assert train.main(["--config", str(config), "--check-data", "--set", "data.mask_mapping=binary"]) == 0
+    out = capsys.readouterr().out
+    assert "No problems found." in out and "folder dataset at" in out
+    assert train.main(["--config", str(config), "--check-data", "--set", "data.num_clases=2"]) == 2
+
+
+# ------------------------------------------------------------------ the library, without a config
+
+
+def folder_splits(root: Path, num_classes: int = 2, splits: Any = ("train", "val")) -> Dict[str, FolderDataset]:
+    return {split: FolderDataset(str(root), split, num_classes, mask_mapping="identity") for split in splits}
+
+
+def test_check_dataset_takes_built_splits_and_sorts_failures(clean_root: Path) -> None:
+    failures = {"test": DataError("no test split here")}
+    report = check_dataset(folder_splits(clean_root), failures, clean_root, "folder", 2, ["bg", "lesion"],
+                           progress=False)
+    assert report.problems == [] and report.absent_splits == ["test"]
+    assert (report.dataset, report.root, report.class_names) == ("folder", str(clean_root), ["bg", "lesion"])
+    assert report.splits["train"].class_pixels.tolist() == [486, 98]
+    assert "0 bg" in format_report(report)
+
+    # a failing split whose folder exists is a problem; a missing val split is one too
+    only_train = folder_splits(clean_root, splits=("train",))
+    report = check_dataset(only_train, {"val": DataError("unpaired files")}, clean_root, "folder", 2, ["a", "b"],
+                           progress=False)
+    (problem,) = report.problems
+    assert (problem.kind, problem.split, problem.message) == ("split cannot be loaded", "val",
+                                                              "the val split cannot be loaded: unpaired files")
+    with pytest.raises(ValueError, match="class_names has 1 names for 2 classes"):
+        check_dataset(only_train, {}, clean_root, "folder", 2, ["a"], progress=False)
+
+
+def test_quick_start_check_remembers_passed_pairs(clean_root: Path, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    cache = tmp_path / "run" / ".data_check_cache.json"
+    hint = "python train.py --config exp.yaml --check-data"
+
+    def quick(mode: str = "quick", failures: Any = None) -> None:
+        check_before_training(folder_splits(clean_root), failures or {}, mode, cache, hint, root=clean_root,
+                              dataset_name="folder", num_classes=2, class_names=["bg", "lesion"], progress=False)
+
+    with caplog.at_level(logging.INFO, logger="datasets.check"):
+        quick()
+        assert "5 new or changed image(s) checked" in caplog.text and cache.is_file()
+        caplog.clear()
+        quick()
+        assert "checked" not in caplog.text  # every pair passed before
+        five = np.zeros((12, 16)); five[0, :3] = 5
+        save(clean_root / "train" / "masks" / "b.png", five)  # changed: checked again, and now wrong
+        with pytest.raises(DataError) as err:
+            quick()
+        assert "1 new or changed image(s) checked" in caplog.text
+    message = str(err.value)
+    assert message.startswith(f"[train] {clean_root / 'train' / 'masks' / 'b.png'}: holds values {{5}}")
+    assert f"(no other problem; the full report: {hint}; data.check: off skips this check)" in message
+    quick("off")  # skipped: nothing raised
+    with pytest.raises(DataError, match="unpaired files"):  # a split that could not be built, raised as it is
+        quick(failures={"val": DataError("unpaired files")})
+    with caplog.at_level(logging.INFO, logger="datasets.check"), pytest.raises(DataError, match="the full report"):
+        quick("full")
+    assert "data check (data.check: full)" in caplog.text and "1 problem(s) found" in caplog.text

@@ -10,6 +10,7 @@ from scipy import ndimage
 from torchvision import tv_tensors
 
 from datasets import FolderDataset, list_images, parse_mask_mapping, read_image, read_mask
+from datasets.io import count_mask, distinct_pixels
 from utils.errors import DataError
 from utils.constants import IGNORE_INDEX
 from utils.registry import DATASETS
@@ -195,6 +196,60 @@ def test_colour_mask_with_identity_suggests_colour_mapping(tmp_path):
     path = save(tmp_path / "m.png", rgb)
     with pytest.raises(ValueError, match=r'm\.png: is an RGB colour mask.*"255,0,0": \d'):
         read_mask(path, "identity", num_classes=2)
+
+
+# ------------------------------------------------------------------ counting
+
+
+def test_count_mask_counts_raw_values_and_classes(tmp_path):
+    # 3x4: row 0 = 0 0 128 128, row 1 = 128 255 255 0, row 2 = 0 0 0 0
+    mask = np.array([[0, 0, 128, 128], [128, 255, 255, 0], [0, 0, 0, 0]], dtype=np.uint8)
+    path = save(tmp_path / "m.png", mask)
+    counts = count_mask(path, parse_mask_mapping({0: 0, 128: 2}), num_classes=3)
+    assert counts.size == (4, 3) and counts.problem is None
+    assert counts.values.tolist() == [0, 128, 255] and counts.value_pixels.tolist() == [7, 3, 2]
+    assert counts.class_pixels.tolist() == [7, 0, 3] and counts.class_pixels.dtype == np.int64
+    assert counts.ignore_pixels == 2
+    counts.raise_problem(path)  # no problem: nothing raised
+    binary = count_mask(path, parse_mask_mapping("binary"), num_classes=2)  # 128 and 255 are above 127
+    assert binary.class_pixels.tolist() == [7, 5] and binary.ignore_pixels == 0
+
+
+def test_count_mask_returns_problems_with_the_raw_counts(tmp_path):
+    path = save(tmp_path / "m.png", square_mask(value=255))  # 64 px of 255 in 256
+    counts = count_mask(path, parse_mask_mapping("identity"), num_classes=2)
+    assert counts.problem.kind == "mask values outside the classes"
+    assert "{0, 255}" in counts.problem.message and "data.mask_mapping: binary" in counts.problem.fix
+    assert counts.value_pixels.tolist() == [192, 64] and counts.class_pixels.tolist() == [0, 0]
+    with pytest.raises(DataError, match=r"m\.png: holds values \{0, 255\}.*mask_mapping: binary"):
+        counts.raise_problem(path)
+
+    rgb = np.zeros((4, 4, 3), dtype=np.uint8)
+    rgb[:1] = (255, 0, 0)
+    colour = count_mask(save(tmp_path / "rgb.png", rgb), parse_mask_mapping("identity"), num_classes=2)
+    assert colour.problem.kind == "RGB colour mask" and colour.values.tolist() == [[0, 0, 0], [255, 0, 0]]
+    assert colour.value_pixels.tolist() == [12, 4]
+    seven = save(tmp_path / "seven.png", square_mask(value=7))
+    unmapped = count_mask(seven, parse_mask_mapping({0: 0}), num_classes=2)  # 255 would be ignore, 7 is unmapped
+    assert unmapped.problem.kind == "unmapped mask values" and "holds values {7}" in unmapped.problem.message
+    assert unmapped.value_pixels.tolist() == [192, 64]
+
+
+def test_count_mask_of_an_unreadable_file_raises(tmp_path):
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"not a png")
+    with pytest.raises(DataError, match="broken.png"):
+        count_mask(path, parse_mask_mapping("identity"), num_classes=2)
+
+
+def test_distinct_pixels_of_values_and_colours():
+    values, counts = distinct_pixels(np.array([[3, 1], [3, 3]], dtype=np.uint16))
+    assert values.tolist() == [1, 3] and counts.tolist() == [1, 3] and values.dtype == np.uint16
+    values, counts = distinct_pixels(np.array([[2, -1], [2, 2]], dtype=np.int32))
+    assert values.tolist() == [-1, 2] and counts.tolist() == [1, 3]
+    colours = np.array([[[0, 0, 9], [1, 2, 3]], [[0, 0, 9], [0, 0, 9]]], dtype=np.uint8)
+    values, counts = distinct_pixels(colours)
+    assert values.tolist() == [[0, 0, 9], [1, 2, 3]] and counts.tolist() == [3, 1]
 
 
 def test_grey_mask_saved_as_rgb_works_with_identity(tmp_path):

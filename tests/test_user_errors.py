@@ -391,7 +391,10 @@ def test_overwrite_starts_again_and_clears_leftover_temp_files(tmp_path: Path) -
 
 def test_data_check_entry_point_names_the_missing_root(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, tmp_path / "absent")
-    error_line(run_entry(["-m", "datasets.check", "--config", str(cfg)], tmp_path), "data.root", "absent")
+    error_line(run_entry(train_cmd("--config", str(cfg), "--check-data"), tmp_path), "data.root", "absent")
+    # the old command line says what replaced it instead of exiting 0 having checked nothing
+    error_line(run_entry(["-m", "datasets.check", "--config", str(cfg)], tmp_path),
+               "python train.py --config CONFIG --check-data")
 
 
 def test_augmentation_preview_names_the_broken_image(tmp_path: Path) -> None:

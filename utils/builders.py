@@ -17,6 +17,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
+from datasets.check import (DATA_CHECK_CACHE, SPLITS, TRAINING_SPLITS, CheckReport, check_before_training,
+                            check_dataset)
 from utils.class_stats import CLASS_STATS_FILE, cached_class_counts, class_weights, format_weights
 from utils.config import Config
 from utils.distributed import DistInfo, ShardSampler
@@ -165,3 +167,37 @@ def class_names_and_palette(cfg: Config) -> Tuple[List[str], np.ndarray]:
     palette = getattr(dataset_cls, "palette", None)
     names = list(names) if names else default_class_names(cfg.data.num_classes)
     return names, (palette if palette is not None else default_palette(cfg.data.num_classes))
+
+
+def build_check_splits(cfg: Config, splits: Tuple[str, ...]
+                       ) -> Tuple[dict[str, torch.utils.data.Dataset], dict[str, Exception]]:
+    """The config's dataset built without transforms for each of ``splits``, for the data check.
+
+    Returns ``(datasets, failures)``: split -> dataset for the splits that
+    could be built, split -> the error (OSError or ValueError) for those that
+    could not (a split the layout lacks, unpaired files, a bad argument);
+    ``datasets.check`` sorts the failures into absent splits and problems.
+    """
+    built: dict[str, torch.utils.data.Dataset] = {}
+    failures: dict[str, Exception] = {}
+    for split in splits:
+        try:
+            built[split] = DATASETS.build(cfg.data.name, split=split, transforms=None, **cfg.dataset_kwargs())
+        except (OSError, ValueError) as exc:
+            failures[split] = exc
+    return built, failures
+
+
+def data_report(cfg: Config, progress: bool = True) -> CheckReport:
+    """The data check of every split the layout has (``train.py --check-data``)."""
+    return check_dataset(*build_check_splits(cfg, SPLITS), cfg.data.root, cfg.data.name, cfg.data.num_classes,
+                         class_names_and_palette(cfg)[0], progress=progress)
+
+
+def check_data_at_start(cfg: Config, progress: bool = True) -> None:
+    """train.py's start-up data check of the train and val splits (``data.check``; cached per file)."""
+    splits, failures = build_check_splits(cfg, TRAINING_SPLITS if cfg.data.check != "off" else ())
+    check_before_training(splits, failures, cfg.data.check, Path(cfg.train.checkpoint_dir) / DATA_CHECK_CACHE,
+                          f"python train.py --config {cfg.source} --check-data", root=cfg.data.root,
+                          dataset_name=cfg.data.name, num_classes=cfg.data.num_classes,
+                          class_names=class_names_and_palette(cfg)[0], progress=progress)

@@ -19,6 +19,10 @@ them into one weight per class:
 
 Pixels equal to ``IGNORE_INDEX`` are counted nowhere. A class that never
 occurs gets weight 0 and a warning.
+
+A dataset is read through the ``datasets.io.FileDataset`` protocol (``root``,
+``split``, ``num_classes``, ``mask_mapping``, ``samples``) and each mask is
+counted by ``datasets.io.count_mask``, the counting the data check uses.
 """
 import json
 import logging
@@ -29,7 +33,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from datasets.io import read_mask
+from datasets.io import FileDataset, count_mask
+from utils.errors import DataError
 from utils.fileio import write_json
 
 log = logging.getLogger(__name__)
@@ -63,19 +68,21 @@ class ClassCounts:
                    int(data["num_images"]))
 
 
-def class_pixel_counts(dataset: Any, progress: bool = False) -> ClassCounts:
-    """Count the classes of every mask of ``dataset`` (a FolderDataset), read at full resolution.
+def class_pixel_counts(dataset: FileDataset, progress: bool = False) -> ClassCounts:
+    """Count the classes of every mask of ``dataset``, read at full resolution.
 
     Masks are read with the dataset's mask mapping and validated as in
-    training; samples without a mask are skipped.
+    training (values outside the classes raise DataError naming the file);
+    samples without a mask are skipped.
     """
     num_classes = dataset.num_classes
     pixels = np.zeros(num_classes, dtype=np.int64)
     image_pixels = np.zeros(num_classes, dtype=np.int64)
     masks = [mask for _, mask in dataset.samples if mask is not None]
     for path in tqdm(masks, desc="class statistics", unit="mask", leave=False, disable=not progress):
-        labels = read_mask(path, dataset.mask_mapping, num_classes).numpy().reshape(-1)
-        counts = np.bincount(labels[labels < num_classes], minlength=num_classes)
+        mask = count_mask(path, dataset.mask_mapping, num_classes)
+        mask.raise_problem(path)
+        counts = mask.class_pixels
         pixels += counts
         image_pixels[counts > 0] += counts.sum()
     return ClassCounts(pixels, image_pixels, len(masks))
@@ -92,8 +99,8 @@ def class_weights(counts: ClassCounts, method: str) -> List[float]:
     pixels = counts.pixels.astype(np.float64)
     present = pixels > 0
     if not present.any():
-        raise ValueError("cannot compute class weights: the training masks hold no labelled pixel; "
-                         "check them with `python -m datasets.check`")
+        raise DataError("cannot compute class weights: the training masks hold no labelled pixel; "
+                         "check them with `python train.py --config CONFIG --check-data`")
     absent = np.flatnonzero(~present).tolist()
     if absent:
         log.warning("class(es) %s never occur in the training masks: weight 0", absent)
@@ -106,14 +113,14 @@ def class_weights(counts: ClassCounts, method: str) -> List[float]:
     return weights.tolist()
 
 
-def cache_key(dataset: Any, dataset_name: str) -> Dict[str, Any]:
+def cache_key(dataset: FileDataset, dataset_name: str) -> Dict[str, Any]:
     """What the counts depend on; a cache with another key is recomputed."""
     return {"dataset": dataset_name, "root": str(Path(dataset.root).resolve()), "split": dataset.split,
             "num_classes": dataset.num_classes, "mask_mapping": repr(dataset.mask_mapping),
             "num_samples": len(dataset.samples)}
 
 
-def cached_class_counts(dataset: Any, dataset_name: str, path: Path, progress: bool = False) -> ClassCounts:
+def cached_class_counts(dataset: FileDataset, dataset_name: str, path: Path, progress: bool = False) -> ClassCounts:
     """The class counts of ``dataset``, from the JSON cache ``path`` when its key matches, else
     counted and written there (atomically) with the weights of every method."""
     key = cache_key(dataset, dataset_name)
