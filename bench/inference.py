@@ -178,8 +178,15 @@ def run(args: argparse.Namespace, device: torch.device, size: Tuple[int, int], t
     alone = min(timed(lambda: predict_probabilities(replay, image, amp=amp, settings=slide).cpu(), device)
                 for _ in range(args.repeats))
 
-    tiles = sum(b.shape[0] for b in batches)
     raw_t, slide_t = min(raw_s), min(slide_s)
+    report(args, device, size, tile, amp, batches, raw_t, slide_t, alone, cases, seconds)
+    return {"raw": raw_t, "ratio": slide_t / raw_t, "window_alone": alone, **seconds}
+
+
+def report(args: argparse.Namespace, device: torch.device, size: Tuple[int, int], tile: Tuple[int, int], amp: str,
+           batches: list, raw_t: float, slide_t: float, alone: float, cases: list, seconds: Dict[str, float]) -> None:
+    """Print the settings, the raw-vs-window figures and the table of inference modes."""
+    tiles = sum(b.shape[0] for b in batches)
     where = f"{device}" + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "")
     print(f"{args.model} (base_channels {args.base_channels}), {args.classes} classes, amp {amp}, on {where}; "
           f"batch {args.batch} x 3 x {size[0]} x {size[1]}, tile {tile[0]} x {tile[1]}, overlap {args.overlap}: "
@@ -193,7 +200,6 @@ def run(args: argparse.Namespace, device: torch.device, size: Tuple[int, int], t
     print("|---|---:|---:|")
     for name, _ in cases:
         print(f"| {name} | {seconds[name]:.3f} | {args.batch / seconds[name]:.3f} |")
-    return {"raw": raw_t, "ratio": slide_t / raw_t, "window_alone": alone, **seconds}
 
 
 if __name__ == "__main__":

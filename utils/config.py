@@ -516,6 +516,30 @@ def config_from_dict(raw: Any, source: str = "<dict>", overridden: Sequence[str]
 
 def _check_consistency(ctx: _Context, cfg: Config, dataset_cls: Any, check_paths: bool) -> None:
     """Cross-field checks: classes vs channels, metric names, ranges, paths."""
+    _check_classes(ctx, cfg)
+    _check_training(ctx, cfg)
+    _check_inference(ctx, cfg.inference)
+    if cfg.test.overlay_color is not None and not all(0 <= v <= 255 for v in cfg.test.overlay_color):
+        raise ctx.error("test.overlay_color", f"must be an RGB triple [r, g, b] with values 0-255, "
+                        f"got {list(cfg.test.overlay_color)}")
+    if cfg.device != "auto" and cfg.device != "cpu" and not cfg.device.startswith("cuda"):
+        raise ctx.error("device", f"expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {cfg.device!r}")
+    if isinstance(cfg.data.check, bool):  # YAML reads a bare off as false
+        cfg.data.check = "quick" if cfg.data.check else "off"
+    if cfg.data.num_workers != "auto" and cfg.data.num_workers < 0:
+        raise ctx.error("data.num_workers", f"must be 0 or more, got {cfg.data.num_workers}")
+    # A dataset that generates its own files (synthetic: creates_root) has no folder to check yet.
+    if check_paths and not getattr(dataset_cls, "creates_root", False):
+        if not cfg.data.root:
+            raise ctx.error("data.root", "is required: the folder holding the dataset")
+        if not Path(cfg.data.root).is_dir():
+            raise ctx.error("data.root", f"folder {cfg.data.root!r} does not exist "
+                            f"(resolved against {os.getcwd()}); fix the path or override it with "
+                            f"--set data.root=/path/to/data")
+
+
+def _check_classes(ctx: _Context, cfg: Config) -> None:
+    """Classes against output channels, class names, the threshold, the mask mapping, the monitored metric."""
     from utils.metrics import scalar_metric_names
 
     n, out = cfg.data.num_classes, cfg.model.out_channels
@@ -540,26 +564,30 @@ def _check_consistency(ctx: _Context, cfg: Config, dataset_cls: Any, check_paths
     if cfg.train.monitor not in metrics:
         raise ctx.error("train.monitor", f"unknown metric {cfg.train.monitor!r}"
                         f"{_suggest(cfg.train.monitor, metrics)}; valid: {', '.join(metrics)}")
-    for keypath, value in (("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size),
-                           ("train.val_batch_size", cfg.train.val_batch_size),
-                           ("train.val_interval", cfg.train.val_interval)):
+
+
+def _check_training(ctx: _Context, cfg: Config) -> None:
+    """Counts of at least 1, the EMA decay, the learning rate; ``amp: true/false`` becomes fp16/off."""
+    train = cfg.train
+    for keypath, value in (("train.epochs", train.epochs), ("train.batch_size", train.batch_size),
+                           ("train.val_batch_size", train.val_batch_size), ("train.val_interval", train.val_interval),
+                           ("train.accumulate", train.accumulate)):
         if value < 1:
             raise ctx.error(keypath, f"must be at least 1, got {value}")
-    for keypath, value in (("train.accumulate", cfg.train.accumulate),
-                           ("inference.tile_batch", cfg.inference.tile_batch)):
-        if value < 1:
-            raise ctx.error(keypath, f"must be at least 1, got {value}")
-    for keypath, value in (("train.iterations", cfg.train.iterations), ("train.early_stop", cfg.train.early_stop)):
+    for keypath, value in (("train.iterations", train.iterations), ("train.early_stop", train.early_stop)):
         if value is not None and value < 1:
             raise ctx.error(keypath, f"must be at least 1 (or null), got {value}")
-    if cfg.train.ema is not None and not 0.0 < cfg.train.ema < 1.0:
+    if train.ema is not None and not 0.0 < train.ema < 1.0:
         raise ctx.error("train.ema", f"is the EMA decay and must lie strictly between 0 and 1 "
-                        f"(e.g. 0.999), got {cfg.train.ema}")
-    if isinstance(cfg.data.check, bool):
-        cfg.data.check = "quick" if cfg.data.check else "off"
-    if isinstance(cfg.train.amp, bool):
-        cfg.train.amp = "fp16" if cfg.train.amp else "off"
-    inf = cfg.inference
+                        f"(e.g. 0.999), got {train.ema}")
+    if isinstance(train.amp, bool):
+        train.amp = "fp16" if train.amp else "off"
+    if cfg.optimizer.lr <= 0:
+        raise ctx.error("optimizer.lr", f"must be positive, got {cfg.optimizer.lr}")
+
+
+def _check_inference(ctx: _Context, inf: InferenceConfig) -> None:
+    """The one check of the inference settings (utils/inference.py trusts them)."""
     if isinstance(inf.tile, int):
         inf.tile = (inf.tile, inf.tile)
     if inf.mode == "slide" and inf.tile is None:
@@ -570,22 +598,8 @@ def _check_consistency(ctx: _Context, cfg: Config, dataset_cls: Any, check_paths
         raise ctx.error("inference.overlap", f"must lie in [0, 1), got {inf.overlap}")
     if not inf.scales or min(inf.scales) <= 0:
         raise ctx.error("inference.scales", f"needs positive scales, got {inf.scales}")
-    if cfg.data.num_workers != "auto" and cfg.data.num_workers < 0:
-        raise ctx.error("data.num_workers", f"must be 0 or more, got {cfg.data.num_workers}")
-    if cfg.optimizer.lr <= 0:
-        raise ctx.error("optimizer.lr", f"must be positive, got {cfg.optimizer.lr}")
-    if cfg.test.overlay_color is not None and not all(0 <= v <= 255 for v in cfg.test.overlay_color):
-        raise ctx.error("test.overlay_color", f"must be an RGB triple [r, g, b] with values 0-255, "
-                        f"got {list(cfg.test.overlay_color)}")
-    if cfg.device != "auto" and cfg.device != "cpu" and not cfg.device.startswith("cuda"):
-        raise ctx.error("device", f"expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {cfg.device!r}")
-    if check_paths and not getattr(dataset_cls, "creates_root", False):
-        if not cfg.data.root:
-            raise ctx.error("data.root", "is required: the folder holding the dataset")
-        if not Path(cfg.data.root).is_dir():
-            raise ctx.error("data.root", f"folder {cfg.data.root!r} does not exist "
-                            f"(resolved against {os.getcwd()}); fix the path or override it with "
-                            f"--set data.root=/path/to/data")
+    if inf.tile_batch < 1:
+        raise ctx.error("inference.tile_batch", f"must be at least 1, got {inf.tile_batch}")
 
 
 # --------------------------------------------------------------------------

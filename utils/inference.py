@@ -294,6 +294,40 @@ def predict_labels(model: torch.nn.Module, images: torch.Tensor, settings: Any, 
     return labels_from_probabilities(probs, threshold)
 
 
+def _stitch_chooser(choice: str, device: torch.device, pixels: int) -> StitchFor:
+    """The stitch device for maps of ``pixels`` pixels per channel, decided once, on the first call."""
+    resolved: List[torch.device] = []
+
+    def stitch_for(channels: int) -> torch.device:
+        if not resolved:
+            resolved.append(resolve_stitch_device(choice, device, 4 * channels * pixels))
+        return resolved[0]
+    return stitch_for
+
+
+def _one_pass(model: torch.nn.Module, image: torch.Tensor, scale: float, dims: Tuple[int, ...],
+              final: Tuple[int, int], settings: Any, amp: str, device: torch.device,
+              stitch_for: StitchFor) -> torch.Tensor:
+    """Probabilities of ``image`` scaled by ``scale`` and flipped along ``dims``, mapped back to ``final``."""
+    h, w = image.shape[-2:]
+    x = image
+    if scale != 1.0:
+        x = F.interpolate(x, size=_scaled_size(h, w, scale), mode="bilinear", align_corners=False)
+    if dims:
+        x = x.flip(dims)
+    if settings.mode == "slide":
+        probs = _slide(model, x, _settings_tile(settings), settings.overlap, settings.gaussian, settings.tile_batch,
+                       amp, device, stitch_for)
+    else:
+        probs = _forward_probabilities(model, x, device, amp)
+        probs = probs.to(stitch_for(probs.shape[1]))
+    if dims:
+        probs = probs.flip(dims)
+    if tuple(probs.shape[-2:]) != final:
+        probs = F.interpolate(probs, size=final, mode="bilinear", align_corners=False)
+    return probs
+
+
 def predict_probabilities(model: torch.nn.Module, image: torch.Tensor,
                           out_size: Optional[Tuple[int, int]] = None,
                           amp: str = "off", settings: Any = None) -> torch.Tensor:
@@ -330,32 +364,14 @@ def predict_probabilities(model: torch.nn.Module, image: torch.Tensor,
     # auto decides once, for the largest buffers: a pass's map at its scale, the pass resized, their sum.
     largest = max(_scaled_size(h, w, s) for s in scales)
     pixels = max(largest[0], tile_hw[0]) * max(largest[1], tile_hw[1]) + 2 * final[0] * final[1]
-    resolved: List[torch.device] = []
+    stitch_for = _stitch_chooser(settings.stitch_device, device, n * pixels)
 
-    def stitch_for(channels: int) -> torch.device:
-        if not resolved:
-            resolved.append(resolve_stitch_device(settings.stitch_device, device, 4 * n * channels * pixels))
-        return resolved[0]
+    def one_pass(scale: float, dims: Tuple[int, ...]) -> torch.Tensor:
+        return _one_pass(model, image, scale, dims, final, settings, amp, device, stitch_for)
 
-    total: Optional[torch.Tensor] = None
-    for scale, dims in passes:
-        x = image
-        if scale != 1.0:
-            x = F.interpolate(x, size=_scaled_size(h, w, scale), mode="bilinear", align_corners=False)
-        if dims:
-            x = x.flip(dims)
-        if slide:
-            probs = _slide(model, x, tile_hw, settings.overlap, settings.gaussian, settings.tile_batch, amp,
-                           device, stitch_for)
-        else:
-            probs = _forward_probabilities(model, x, device, amp)
-            probs = probs.to(stitch_for(probs.shape[1]))
-        if dims:
-            probs = probs.flip(dims)
-        if tuple(probs.shape[-2:]) != final:
-            probs = F.interpolate(probs, size=final, mode="bilinear", align_corners=False)
-        total = probs if total is None else total.add_(probs)
-    assert total is not None
+    total = one_pass(*passes[0])
+    for scale, dims in passes[1:]:
+        total.add_(one_pass(scale, dims))
     if len(passes) > 1:
         total.div_(len(passes))
     return total.to(home)
