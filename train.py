@@ -49,9 +49,9 @@ from utils.inference import predict_labels
 from utils.metrics import ConfusionMatrix
 from utils.reporting import log_tensorboard, round_line, round_record, write_metrics
 from utils.run_folder import check_run_folder, open_run_folder, removed_if_failed
-from utils.runtime import StopFlag, configure_runtime, restore_rng, restore_runtime, seed_everything, select_device
+from utils.runtime import StopFlag, configure_runtime, restore_runtime, seed_everything, select_device
 from utils.sampling import round_batches, round_seed
-from utils.train_state import RoundPlan, RoundStats, TrainState, diverged, make_plan
+from utils.train_state import RoundPlan, RoundStats, TrainState, diverged, make_plan, resume_round
 from utils.visualize import colorize, default_palette, to_display
 
 log = logging.getLogger("train")
@@ -95,23 +95,22 @@ def run(cfg: Config, resume: Optional[str] = None, overwrite: bool = False) -> D
     try:
         with removed_if_failed(cfg.run_dir, enabled=dist.is_main):
             state, plan, train_loader, val_loader, interrupted = start(cfg, resume, overwrite, dist, device)
-            stop, cut_short = train_rounds(state, plan, train_loader, val_loader, interrupted, dist)
+            stop, unfinished_round = train_rounds(state, plan, train_loader, val_loader, interrupted, dist)
     finally:
         restore_runtime(previous_runtime)
         cleanup_distributed()
-    run_dir = cfg.run_dir
     if stop.requested:
-        where = (f"{cut_short.steps}/{plan.steps_in(state.round + 1)} steps into {plan.label(state.round + 1)}"
-                 if cut_short else f"after {plan.label(state.round)}")
-        log.warning("interrupted %s: saved %s; continue with --resume", where, run_dir / "last.pt")
+        where = (f"{unfinished_round.steps}/{plan.steps_in(state.round + 1)} steps into "
+                 f"{plan.label(state.round + 1)}" if unfinished_round else f"after {plan.label(state.round)}")
+        log.warning("interrupted %s: saved %s; continue with --resume", where, cfg.run_dir / "last.pt")
     elif state.early_stopped:
         log.info("early stop after %s: %s has not improved for %d validations; best %s at round %s",
                  plan.label(state.round), cfg.train.monitor, state.validations_since_best, state.best,
                  state.best_round)
     else:
-        log.info("done: best %s %s; checkpoints in %s", cfg.train.monitor, state.best, run_dir)
+        log.info("done: best %s %s; checkpoints in %s", cfg.train.monitor, state.best, cfg.run_dir)
     return {"best": state.best, "epoch": state.round, "round": state.round, "step": state.step,
-            "interrupted": stop.requested, "early_stopped": state.early_stopped, "run_dir": str(run_dir)}
+            "interrupted": stop.requested, "early_stopped": state.early_stopped, "run_dir": str(cfg.run_dir)}
 
 
 def start(cfg: Config, resume: Optional[str], overwrite: bool, dist: DistInfo,
@@ -165,7 +164,7 @@ def train_rounds(state: TrainState, plan: RoundPlan, train_loader: DataLoader, v
             index = state.round + 1
             seed_everything(round_seed(cfg.seed, index, dist.rank))
             batches = round_batches(train_loader, cfg.seed, index)
-            stats = replay(interrupted, index, batches, cfg.train.accumulate)
+            stats = resume_round(interrupted, index, batches, cfg.train.accumulate)
             interrupted = None
             if cfg.train.freeze_encoder_epochs:
                 state.model.set_encoder_frozen(state.step < cfg.train.freeze_encoder_epochs * plan.steps_per_epoch)
@@ -185,17 +184,6 @@ def train_rounds(state: TrainState, plan: RoundPlan, train_loader: DataLoader, v
         stop.restore()
         if writer is not None:
             writer.close()
-
-
-def replay(interrupted: Optional[Dict[str, Any]], index: int, batches: Batches, accumulate: int) -> RoundStats:
-    """Resume inside a round: skip the batches it trained on, then restore the RNGs as they were."""
-    if interrupted is None or interrupted["round"] != index:
-        return RoundStats()
-    for _ in range(interrupted["steps"] * accumulate):
-        next(batches)
-    restore_rng(interrupted["rng"])
-    return RoundStats(interrupted["loss"], dict(interrupted["loss_terms"]), interrupted["seen"],
-                      interrupted["steps"], interrupted["seconds"])
 
 
 def train_one_round(state: TrainState, batches: Batches, steps: int, stats: RoundStats, stop: StopFlag,

@@ -57,7 +57,7 @@ class FolderDataset(Dataset):
     """
 
     #: Whether the dataset creates ``root`` itself (the config layer then skips its existence check).
-    creates_root = False
+    generates_its_files = False
     #: Official class names and (256, 3) uint8 colour palette of a named dataset; None for generic folders.
     class_names: Optional[List[str]] = None
     palette: Optional[np.ndarray] = None

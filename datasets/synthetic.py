@@ -282,7 +282,7 @@ class SyntheticDataset(FolderDataset):
         image_size: height and width of the generated images.
     """
 
-    creates_root = True
+    generates_its_files = True
 
     def __init__(
         self,

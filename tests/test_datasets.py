@@ -367,7 +367,7 @@ def folder(root, split="train", **kwargs) -> FolderDataset:
 
 
 def test_registered_with_annotated_arguments():
-    assert DATASETS.get("folder") is FolderDataset and FolderDataset.creates_root is False
+    assert DATASETS.get("folder") is FolderDataset and FolderDataset.generates_its_files is False
     hints = typing.get_type_hints(FolderDataset.__init__)
     assert hints["root"] is str and hints["num_classes"] is int and hints["cache"] is bool
 

@@ -95,7 +95,7 @@ def test_bad_generator_arguments_are_rejected(tmp_path):
 
 
 def test_dataset_creates_missing_root_and_loads(tmp_path):
-    assert DATASETS.get("synthetic") is SyntheticDataset and SyntheticDataset.creates_root
+    assert DATASETS.get("synthetic") is SyntheticDataset and SyntheticDataset.generates_its_files
     typing.get_type_hints(SyntheticDataset.__init__)
     root = tmp_path / "nested" / "demo"
     train = SyntheticDataset(root=str(root), split="train", num_classes=2, **TINY)

@@ -528,8 +528,8 @@ def _check_consistency(ctx: _Context, cfg: Config, dataset_cls: Any, check_paths
         cfg.data.check = "quick" if cfg.data.check else "off"
     if cfg.data.num_workers != "auto" and cfg.data.num_workers < 0:
         raise ctx.error("data.num_workers", f"must be 0 or more, got {cfg.data.num_workers}")
-    # A dataset that generates its own files (synthetic: creates_root) has no folder to check yet.
-    if check_paths and not getattr(dataset_cls, "creates_root", False):
+    # A dataset that writes its own files on first use (synthetic) has no folder to check yet.
+    if check_paths and not getattr(dataset_cls, "generates_its_files", False):
         if not cfg.data.root:
             raise ctx.error("data.root", "is required: the folder holding the dataset")
         if not Path(cfg.data.root).is_dir():

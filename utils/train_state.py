@@ -6,7 +6,8 @@
 * :class:`TrainState`: the model and its optimizer, schedule, scaler and EMA,
   the counters, the best metric and history; :meth:`TrainState.checkpoint`
   and :meth:`TrainState.restore` turn it into a plain-typed checkpoint and back,
-  :meth:`TrainState.record_validation` keeps the best and early stopping.
+  :meth:`TrainState.record_validation` keeps the best and early stopping;
+* :func:`resume_round`: resuming inside a round that Ctrl-C cut short.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -24,7 +25,7 @@ from utils.checkpoint import load_checkpoint, load_weights, require_resumable
 from utils.config import Config
 from utils.ema import ModelEMA
 from utils.errors import ConfigError, TrainingDiverged
-from utils.runtime import capture_rng
+from utils.runtime import capture_rng, restore_rng
 
 log = logging.getLogger("train")
 
@@ -242,3 +243,15 @@ def diverged(label: str, step: int, bad_loss: Optional[Tuple[float, Dict[str, fl
                             "and last.pt holds the last completed round. Lower optimizer.lr, set "
                             "train.grad_clip, or check the data with --check-data; then continue with --resume "
                             "or start again with --overwrite")
+
+
+def resume_round(interrupted: Optional[Dict[str, Any]], index: int, batches: Iterator[Any],
+                 accumulate: int) -> RoundStats:
+    """Resume inside a round: skip the batches it trained on, then restore the RNGs as they were."""
+    if interrupted is None or interrupted["round"] != index:
+        return RoundStats()
+    for _ in range(interrupted["steps"] * accumulate):
+        next(batches)
+    restore_rng(interrupted["rng"])
+    return RoundStats(interrupted["loss"], dict(interrupted["loss_terms"]), interrupted["seen"],
+                      interrupted["steps"], interrupted["seconds"])
