@@ -6,21 +6,20 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-import utils.transforms.warp as warp_module
 from tests.fixtures_transforms import SEEDS, block_mask, image_of, uniform_interior
 from utils.constants import IGNORE_INDEX
-from utils.transforms import affine_grid, build_transforms, elastic_displacement, warp_pair
+from utils.transforms import build_transforms, elastic_displacement, warp_pair
+from utils.transforms.elastic import displacement_grid
 
 
 # --------------------------------------------------------------------------- #
 # Exact quarter turns and the fill of uncovered pixels
 # --------------------------------------------------------------------------- #
-def quarter_turn(monkeypatch, spec: dict) -> tuple:
-    """``spec`` (rotate or affine) on a 32 x 32 block mask and its image, its angle forced to +90 degrees."""
-    monkeypatch.setattr(v2.RandomRotation, "make_params", lambda self, flat_inputs: {"angle": 90.0})
-    monkeypatch.setattr(warp_module, "uniform", lambda low, high: high)
-    mask = block_mask(32, 32, block=4, seed=5)
-    return mask, *build_transforms([spec])(image_of(mask), mask)
+def force_affine(monkeypatch, angle: float = 0.0, translate=(0, 0), scale: float = 1.0) -> None:
+    """Make torchvision's RandomAffine and RandomRotation (behind affine and rotate) draw these parameters."""
+    params = {"angle": angle, "translate": translate, "scale": scale, "shear": (0.0, 0.0)}
+    monkeypatch.setattr(v2.RandomAffine, "make_params", lambda self, flat_inputs: params)
+    monkeypatch.setattr(v2.RandomRotation, "make_params", lambda self, flat_inputs: {"angle": angle})
 
 
 @pytest.mark.parametrize("spec", [{"name": "rotate", "degrees": 90}, {"name": "affine", "degrees": 90}],
@@ -28,10 +27,11 @@ def quarter_turn(monkeypatch, spec: dict) -> tuple:
 def test_quarter_turns_move_image_and_mask_to_the_same_pixels(monkeypatch, spec):
     # About the centre of a square, a quarter turn maps pixel centres onto pixel centres:
     # the bilinear image and the nearest mask must both come out as torch.rot90 of their input.
-    mask, out_image, out_mask = quarter_turn(monkeypatch, spec)
-    # rotate turns counter-clockwise as shown (torchvision), affine clockwise (y points down).
-    turns = 1 if spec["name"] == "rotate" else -1
-    assert torch.equal(out_mask, torch.rot90(mask, turns))
+    force_affine(monkeypatch, angle=90.0)
+    mask = block_mask(32, 32, block=4, seed=5)
+    out_image, out_mask = build_transforms([spec])(image_of(mask), mask)
+    # torchvision's conventions: rotate turns counter-clockwise as shown, affine clockwise.
+    assert torch.equal(out_mask, torch.rot90(mask, 1 if spec["name"] == "rotate" else -1))
     assert torch.allclose(out_image, (out_mask + 1).float().expand_as(out_image), atol=1e-4)
 
 
@@ -57,18 +57,20 @@ def test_warps_fill_what_comes_from_outside_with_ignore_and_zero(spec):
 # --------------------------------------------------------------------------- #
 # affine and elastic
 # --------------------------------------------------------------------------- #
-def test_affine_grid_moves_pixels_where_expected():
+def test_affine_moves_pixels_where_expected(monkeypatch):
     mask = torch.zeros(20, 30, dtype=torch.int64)
     mask[5, 7] = 1
-    identity = torch.eye(2, dtype=torch.float64)
-    out_image, out_mask = warp_pair(image_of(mask), mask, affine_grid(20, 30, identity, (10.0, 3.0)))
+    force_affine(monkeypatch, translate=(10, 3))
+    out_image, out_mask = build_transforms([{"name": "affine", "translate": [0.5, 0.5]}])(image_of(mask), mask)
     assert (out_mask == 1).nonzero().tolist() == [[8, 17]]  # x + 10, y + 3
     assert out_mask[:3].eq(IGNORE_INDEX).all() and out_mask[:, :10].eq(IGNORE_INDEX).all()
+    assert out_mask[3:, 10:].lt(IGNORE_INDEX).all()
     assert abs(out_image[0, 8, 17] - 2) < 1e-4 and out_image[0, 0, 0] == 0
     # Zoom 2 about the centre (14.5, 9.5): pixel (x 12, y 8) lands on x 9.5, y 6.5.
     mask = torch.zeros(20, 30, dtype=torch.int64)
     mask[8, 12] = 1
-    _, out_mask = warp_pair(image_of(mask), mask, affine_grid(20, 30, 2 * identity, (0.0, 0.0)))
+    force_affine(monkeypatch, scale=2.0)
+    _, out_mask = build_transforms([{"name": "affine", "scale": [2.0, 2.0]}])(image_of(mask), mask)
     assert (out_mask == 1).nonzero().tolist() == [[6, 9], [6, 10], [7, 9], [7, 10]]
 
 
@@ -77,6 +79,19 @@ def test_affine_defaults_are_identity():
     out_image, out_mask = build_transforms([{"name": "affine"}])(image_of(mask), mask)
     assert torch.equal(out_mask, mask)
     assert torch.allclose(out_image, image_of(mask), atol=1e-4)
+
+
+def test_warp_pair_reads_image_and_mask_at_the_displaced_points():
+    # Every output pixel reads the input 10 columns left and 3 rows up: content moves by (+10, +3).
+    mask = torch.zeros(20, 30, dtype=torch.int64)
+    mask[5, 7] = 1
+    displacement = torch.tensor([-10.0, -3.0]).view(2, 1, 1).expand(2, 20, 30)
+    out_image, out_mask = warp_pair(image_of(mask), mask, displacement_grid(displacement))
+    assert (out_mask == 1).nonzero().tolist() == [[8, 17]]
+    assert out_mask[:3].eq(IGNORE_INDEX).all() and out_mask[:, :10].eq(IGNORE_INDEX).all()
+    assert out_mask[3:, 10:].lt(IGNORE_INDEX).all()
+    assert torch.allclose(out_image[0, 3:, 10:], out_mask[3:, 10:].float() + 1, atol=1e-4)
+    assert out_image[0, :3].abs().max() < 1e-4 and out_image[0, :, :10].abs().max() < 1e-4
 
 
 def test_elastic_with_alpha_zero_is_identity():

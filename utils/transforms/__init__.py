@@ -20,8 +20,8 @@ Where things are (importing this package registers every transform):
 
 * ``base.py``        the call contract, input and argument checks, random draws,
                      ``TorchvisionAdapter`` (a v2 transform as a paired one);
-* ``geometry.py``    resize, crops, flips, rotation;
-* ``warp.py``        affine and elastic warps;
+* ``geometry.py``    resize, crops, flips, rotation, affine;
+* ``elastic.py``     elastic deformation;
 * ``photometric.py`` colour jitter, blur, noise, photometric distortion, normalize;
 * ``mosaic.py``      mosaic (four samples in one; the dataset binds the source);
 * ``compose.py``     ``Compose``, the pipeline;
@@ -36,19 +36,19 @@ from utils.registry import TRANSFORMS
 from utils.transforms.base import (IMAGENET_MEAN, IMAGENET_STD, Pair, PairedTransform, TorchvisionAdapter,
                                    as_tv_tensors)
 from utils.transforms.compose import Compose
-from utils.transforms.geometry import (HorizontalFlip, RandomCrop, RandomResize, RandomResizedCrop, RandomScaleCrop,
-                                       Resize, Rotate, VerticalFlip)
+from utils.transforms.elastic import Elastic, elastic_displacement, warp_pair
+from utils.transforms.geometry import (Affine, HorizontalFlip, RandomCrop, RandomResize, RandomResizedCrop,
+                                       RandomScaleCrop, Resize, Rotate, VerticalFlip)
 from utils.transforms.mosaic import Mosaic
 from utils.transforms.photometric import (ColorJitter, GaussianBlur, GaussianNoise, Normalize, PhotometricDistortion,
                                           adjust_saturation_hue)
 from utils.transforms.preview import preview_grid
-from utils.transforms.warp import Affine, Elastic, affine_grid, elastic_displacement, warp_pair
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "Pair", "PairedTransform", "TorchvisionAdapter", "as_tv_tensors", "Compose",
     "build_transforms", "preview_grid",
     "Resize", "RandomResizedCrop", "RandomCrop", "RandomResize", "RandomScaleCrop", "HorizontalFlip", "VerticalFlip",
-    "Rotate", "Affine", "Elastic", "affine_grid", "elastic_displacement", "warp_pair",
+    "Rotate", "Affine", "Elastic", "elastic_displacement", "warp_pair",
     "ColorJitter", "GaussianBlur", "GaussianNoise", "PhotometricDistortion", "Normalize", "adjust_saturation_hue",
     "Mosaic",
 ]

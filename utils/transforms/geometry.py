@@ -1,10 +1,10 @@
-"""Geometric transforms: resize, crops, flips, rotation; one random draw moves image and mask.
+"""Geometric transforms: resize, crops, flips, rotation, affine; one random draw moves image and mask.
 
 The image is resampled bilinearly, the mask by nearest neighbour, so no new
-class values appear; padding and rotation fill the image with 0 and the mask
-with IGNORE_INDEX. Flips and rotation are torchvision v2's; the resizes and
-crops are ours where v2 lacks a behaviour (each says which). The warps
-(affine, elastic) are in ``warp.py``.
+class values appear; padding, rotation and affine maps fill the image with 0
+and the mask with IGNORE_INDEX. Flips, rotation and affine are torchvision
+v2's; the resizes and crops are ours where v2 lacks a behaviour (each says
+which). The elastic deformation is in ``elastic.py``.
 """
 from __future__ import annotations
 
@@ -292,7 +292,7 @@ class RandomScaleCrop(PairedTransform):
 
 
 # --------------------------------------------------------------------------- #
-# Flips and rotation: torchvision v2
+# Flips, rotation, affine: torchvision v2
 # --------------------------------------------------------------------------- #
 @TRANSFORMS.register("hflip")
 class HorizontalFlip(TorchvisionAdapter):
@@ -335,3 +335,40 @@ class Rotate(TorchvisionAdapter):
         degrees = check_at_most(degrees, "rotate", "degrees", 180)
         op = v2.RandomRotation([-degrees, degrees], interpolation=BILINEAR, fill=FILL)
         super().__init__(op, check_probability(p, "rotate"))
+
+
+@TRANSFORMS.register("affine")
+class Affine(TorchvisionAdapter):
+    """Random affine map (rotation, shift, zoom, shear) about the centre, with probability ``p``.
+
+    One draw moves image and mask; the image is resampled bilinearly, the
+    mask by nearest neighbour, and pixels coming from outside the image get
+    0 in the image and IGNORE_INDEX in the mask.
+
+    Args:
+        degrees: rotation angle drawn from [-degrees, degrees], in [0, 180].
+        translate: [x, y] largest shift as a fraction of the width and the
+            height, each in [0, 1] (whole pixels).
+        scale: [min, max] range the zoom factor is drawn from, min > 0.
+        shear: horizontal shear angle drawn from [-shear, shear] degrees, in [0, 90).
+        p: probability of transforming at all, in [0, 1].
+    """
+
+    def __init__(
+        self,
+        degrees: float = 0.0,
+        translate: List[float] = [0.0, 0.0],
+        scale: List[float] = [1.0, 1.0],
+        shear: float = 0.0,
+        p: float = 1.0,
+    ) -> None:
+        name = "affine"
+        degrees = check_at_most(degrees, name, "degrees", 180)
+        if len(translate) != 2 or not all(0.0 <= t <= 1.0 for t in translate):
+            raise ConfigError(f"{name}: translate must be [x, y] with each fraction in [0, 1], got {translate!r}")
+        if not 0 <= shear < 90:
+            raise ConfigError(f"{name}: shear must be in [0, 90) degrees, got {shear!r}")
+        op = v2.RandomAffine([-degrees, degrees], translate=[float(t) for t in translate],
+                             scale=check_range(scale, name, "scale"), shear=[-float(shear), float(shear)],
+                             interpolation=BILINEAR, fill=FILL)
+        super().__init__(op, check_probability(p, name))

@@ -1,17 +1,18 @@
-"""Warps: random affine maps and elastic deformations, one sampling grid for image and mask.
+"""Elastic deformation: a smooth random displacement field moves image and mask alike.
 
-Both build a ``grid_sample`` grid and hand it to :func:`warp_pair`, which reads
-the image bilinearly and the mask by nearest neighbour from the same points
-(outside the image: 0 and IGNORE_INDEX). They are ours, not torchvision's
-``v2.RandomAffine`` / ``v2.ElasticTransform``, for speed only: run
-``python bench/transforms.py`` to see the ratio (about 2x for affine, 10x for
-elastic at 512 x 512 on one thread). If a torchvision release closes the gap,
-switch to v2 with ``fill=FILL``.
+:func:`elastic_displacement` draws the field, :func:`displacement_grid` turns
+it into a ``grid_sample`` grid and :func:`warp_pair` reads the image bilinearly
+and the mask by nearest neighbour from the same points (outside the image: 0
+and IGNORE_INDEX). Ours, not torchvision's ``v2.ElasticTransform``, for speed:
+v2 smooths the field at full resolution with a 2-D kernel, about 10x slower
+at 512 x 512 on one thread (``python bench/transforms.py``). If a torchvision
+release closes the gap, switch to v2 (its ``alpha`` is twice ours) with
+``fill=FILL``.
 """
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import Optional
 
 import torch
 from torchvision import tv_tensors
@@ -19,8 +20,7 @@ from torchvision import tv_tensors
 from utils.constants import IGNORE_INDEX
 from utils.errors import ConfigError
 from utils.registry import TRANSFORMS
-from utils.transforms.base import (Pair, PairedTransform, check_at_most, check_non_negative, check_probability,
-                                   check_range, coin, uniform)
+from utils.transforms.base import Pair, PairedTransform, check_non_negative, check_probability, coin
 
 
 def warp_pair(image: torch.Tensor, mask: Optional[torch.Tensor], grid: torch.Tensor) -> Pair:
@@ -43,85 +43,6 @@ def warp_pair(image: torch.Tensor, mask: Optional[torch.Tensor], grid: torch.Ten
 def _pixel_centres(length: int) -> torch.Tensor:
     """Normalised (``align_corners=False``) coordinates of the pixel centres along an axis."""
     return (torch.arange(length, dtype=torch.float32) * 2 + 1) / length - 1
-
-
-def affine_grid(height: int, width: int, matrix: torch.Tensor, shift: Tuple[float, float]) -> torch.Tensor:
-    """The sampling grid of the map ``p -> matrix @ p + shift`` about the image centre.
-
-    ``matrix`` is 2x2 and acts on (x, y) pixel offsets from the centre
-    (y pointing down); ``shift`` is (x, y) in pixels. Each output pixel reads
-    the input at the inverse image of its position.
-    """
-    to_unit = torch.tensor([2.0 / width, 2.0 / height], dtype=torch.float64)
-    inverse = torch.linalg.inv(matrix.to(torch.float64))
-    # The inverse map in normalised coordinates: source = linear @ output + offset.
-    linear = (to_unit[:, None] * inverse / to_unit[None, :]).tolist()
-    offset = (-to_unit * (inverse @ torch.tensor(shift, dtype=torch.float64))).tolist()
-    xs, ys = _pixel_centres(width), _pixel_centres(height)
-    grid = torch.empty(1, height, width, 2)
-    for axis in range(2):
-        torch.add(xs * linear[axis][0], (ys * linear[axis][1] + offset[axis])[:, None], out=grid[0, :, :, axis])
-    return grid
-
-
-# Ours, not v2.RandomAffine: about 2x faster (bench/transforms.py), one grid for image and mask.
-@TRANSFORMS.register("affine")
-class Affine(PairedTransform):
-    """Random affine map (rotation, shift, zoom, shear) about the centre, with probability ``p``.
-
-    One draw moves image and mask; the image is resampled bilinearly, the
-    mask by nearest neighbour, and pixels coming from outside the image get
-    0 in the image and IGNORE_INDEX in the mask.
-
-    Args:
-        degrees: rotation angle drawn from [-degrees, degrees], in [0, 180].
-        translate: [x, y] largest shift as a fraction of the width and the
-            height, each in [0, 1].
-        scale: [min, max] range the zoom factor is drawn from, min > 0.
-        shear: horizontal shear angle drawn from [-shear, shear] degrees, in [0, 90).
-        p: probability of transforming at all, in [0, 1].
-    """
-
-    def __init__(
-        self,
-        degrees: float = 0.0,
-        translate: List[float] = [0.0, 0.0],
-        scale: List[float] = [1.0, 1.0],
-        shear: float = 0.0,
-        p: float = 1.0,
-    ) -> None:
-        name = "affine"
-        if len(translate) != 2 or not all(0.0 <= t <= 1.0 for t in translate):
-            raise ConfigError(f"{name}: translate must be [x, y] with each fraction in [0, 1], got {translate!r}")
-        if not 0 <= shear < 90:
-            raise ConfigError(f"{name}: shear must be in [0, 90) degrees, got {shear!r}")
-        self.degrees = check_at_most(degrees, name, "degrees", 180)
-        self.translate = (float(translate[0]), float(translate[1]))
-        self.scale = check_range(scale, name, "scale")
-        self.shear = float(shear)
-        self.p = check_probability(p, name)
-
-    def draw(self, height: int, width: int) -> Tuple[torch.Tensor, Tuple[float, float]]:
-        """A random 2x2 matrix (zoom * rotation * shear) and (x, y) shift in pixels."""
-        angle = math.radians(uniform(-self.degrees, self.degrees))
-        shift = (uniform(-1, 1) * self.translate[0] * width, uniform(-1, 1) * self.translate[1] * height)
-        zoom = uniform(*self.scale)
-        shear = math.tan(math.radians(uniform(-self.shear, self.shear)))
-        cos, sin = math.cos(angle), math.sin(angle)
-        rotation = torch.tensor([[cos, -sin], [sin, cos]], dtype=torch.float64)
-        return zoom * rotation @ torch.tensor([[1.0, shear], [0.0, 1.0]], dtype=torch.float64), shift
-
-    def apply(self, image: tv_tensors.Image, mask: Optional[tv_tensors.Mask]) -> Pair:
-        if not coin(self.p):
-            return image, mask
-        height, width = image.shape[-2:]
-        return warp_pair(image, mask, affine_grid(height, width, *self.draw(height, width)))
-
-    def __repr__(self) -> str:
-        return (
-            f"Affine(degrees={self.degrees}, translate={list(self.translate)}, scale={list(self.scale)}, "
-            f"shear={self.shear}, p={self.p})"
-        )
 
 
 def _gaussian_smooth(field: torch.Tensor, sigma: float) -> torch.Tensor:
