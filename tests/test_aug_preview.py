@@ -1,91 +1,112 @@
-"""``python -m utils.transforms``: the augmentation preview grid of a config's training pipeline."""
-import logging
-import os
-import runpy
-import subprocess
-import sys
-import warnings
+"""``preview_grid``: the augmentation preview sheet, each sample beside its mask overlay.
+
+(The command line, ``train.py --preview-augmentations``, is tested with train.py.)
+"""
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+import torch
+from torchvision import tv_tensors
 
-from datasets.synthetic import generate
-from utils.transforms import main
+from datasets.folder import FolderDataset
+from utils.errors import ConfigError, DataError
+from utils.transforms import build_transforms, preview_grid
+from utils.visualize import default_palette, overlay
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO = str(REPO / "configs" / "demo.yaml")
-TILE_PAD = 4  # utils.visualize.make_grid's default padding
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory) -> Path:
-    """A tiny binary synthetic dataset (6 train images of 32 x 32) in the layout configs/demo.yaml reads."""
-    return generate(tmp_path_factory.mktemp("demo") / "data", num_classes=2, num_train=6, num_val=2, image_size=32)
+PAD = 4  # utils.visualize.make_grid's default padding
+PALETTE = default_palette(2)
+#: Image value of class 0, class 1 and padding (IGNORE_INDEX): the mask can be read back from the image.
+LEVELS = {0: 64, 1: 128, 255: 0}
 
 
-def grid_size(tile: int, pairs: int, pairs_per_row: int = 4) -> tuple:
-    """(width, height) of the sheet: each sample is an image tile and an overlay tile."""
+class CodedSamples:
+    """Block masks of classes 0/1 whose image encodes the class (0.25 and 0.5 grey), through ``transforms``."""
+
+    def __init__(self, transforms, count: int = 3, size: int = 24) -> None:
+        self.transforms, self.count, self.size = transforms, count, size
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int):
+        generator = torch.Generator().manual_seed(index)
+        blocks = torch.randint(0, 2, (self.size // 4, self.size // 4), generator=generator)
+        mask = tv_tensors.Mask(blocks.repeat_interleave(4, 0).repeat_interleave(4, 1))
+        image = tv_tensors.Image(((mask + 1) / 4).float().expand(3, -1, -1).clone())
+        return self.transforms(image, mask)
+
+
+def tiles(sheet: np.ndarray, tile: int, count: int, columns: int) -> list:
+    """The ``count`` tiles of a sheet of ``tile`` x ``tile`` tiles, row by row."""
+    out = []
+    for i in range(count):
+        row, col = divmod(i, columns)
+        y, x = PAD + row * (tile + PAD), PAD + col * (tile + PAD)
+        out.append(sheet[y:y + tile, x:x + tile])
+    return out
+
+
+def sheet_size(tile: int, pairs: int, pairs_per_row: int = 4) -> tuple:
+    """(height, width) of the sheet: each sample is an image tile and an overlay tile."""
     columns = 2 * min(pairs, pairs_per_row)
     rows = -(-2 * pairs // columns)
-    return columns * (tile + TILE_PAD) + TILE_PAD, rows * (tile + TILE_PAD) + TILE_PAD
+    return rows * (tile + PAD) + PAD, columns * (tile + PAD) + PAD
 
 
-def test_preview_writes_the_grid(tmp_path, demo_root, caplog):
-    out = tmp_path / "preview" / "aug.png"
-    with caplog.at_level(logging.INFO):
-        status = main(["--config", DEMO, "--out", str(out), "--num", "3",
-                       "--set", f"data.root={demo_root}", "transforms.train.0.size=40"])
-    assert status == 0
-    sheet = np.asarray(Image.open(out))
-    assert Image.open(out).size == grid_size(40, 3)
-    assert str(out) in caplog.text
-    # Each pair: the image, then the same image with the mask drawn over it.
-    image, overlay = sheet[4:44, 4:44], sheet[4:44, 48:88]
-    assert image.std() > 5 and not np.array_equal(image, overlay)
+@pytest.mark.parametrize("pairs, per_row", [(1, 4), (3, 4), (5, 4), (5, 2)])
+def test_grid_shape_wraps_rows(pairs, per_row):
+    dataset = CodedSamples(build_transforms([{"name": "random_crop", "size": 20}]))
+    torch.manual_seed(0)
+    sheet = preview_grid(dataset, pairs, PALETTE, per_row=per_row)
+    assert sheet.dtype == np.uint8 and sheet.shape == (*sheet_size(20, pairs, per_row), 3)
 
 
-def test_preview_is_reproducible_and_wraps_rows(tmp_path, demo_root):
-    common = ["--config", DEMO, "--num", "5", "--seed", "3",
-              "--set", f"data.root={demo_root}", "transforms.train.0.size=32"]
-    assert main(common + ["--out", str(tmp_path / "a.png")]) == 0
-    assert main(common + ["--out", str(tmp_path / "b.png")]) == 0
-    first, second = (np.asarray(Image.open(tmp_path / name)) for name in ("a.png", "b.png"))
-    assert first.shape[1::-1] == grid_size(32, 5)  # 5 pairs: 4 on the first row, 1 on the second
-    assert np.array_equal(first, second)
+def test_each_overlay_is_its_image_with_the_mask_it_came_with():
+    # Exact geometry (flips, a padded crop): the image still encodes the mask pixel by pixel,
+    # so each overlay tile must be the overlay of its image tile with the decoded mask.
+    specs = [{"name": "hflip"}, {"name": "vflip"}, {"name": "random_crop", "size": 30}]
+    dataset = CodedSamples(build_transforms(specs))
+    torch.manual_seed(1)
+    sheet = preview_grid(dataset, 6, PALETTE)  # more samples than the dataset holds: they repeat
+    pieces = tiles(sheet, 30, 12, columns=8)
+    for image, shown in zip(pieces[0::2], pieces[1::2]):
+        decoded = np.full(image.shape[:2], -1)
+        for value, level in LEVELS.items():
+            decoded[image[..., 0] == level] = value
+        assert (decoded >= 0).all()
+        assert (decoded == 255).any() and (decoded == 1).any()  # padding and foreground both shown
+        assert np.array_equal(shown, overlay(image, decoded, PALETTE))
 
 
-def test_preview_with_mosaic_uses_the_dataset_as_source(tmp_path, demo_root):
-    out = tmp_path / "mosaic.png"
-    pipeline = "[{name: random_crop, size: 24}, {name: mosaic, size: 48}, {name: normalize}]"
-    status = main(["--config", DEMO, "--out", str(out), "--num", "2",
-                   "--set", f"data.root={demo_root}", f"transforms.train={pipeline}"])
-    assert status == 0 and Image.open(out).size == grid_size(48, 2)
+def test_sheet_is_reproducible_under_a_seed():
+    dataset = CodedSamples(build_transforms([{"name": "random_crop", "size": 16}, {"name": "hflip"}]))
+    sheets = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        sheets.append(preview_grid(dataset, 5, PALETTE))
+    assert np.array_equal(*sheets)
 
 
-def test_preview_reports_config_errors(tmp_path, demo_root, caplog):
-    status = main(["--config", DEMO, "--out", str(tmp_path / "x.png"),
-                   "--set", f"data.root={demo_root}", "transforms.train.0.sise=3"])
-    assert status == 2 and "sise" in caplog.text and not (tmp_path / "x.png").exists()
+def test_mosaic_draws_from_the_dataset(binary_folder: Path):
+    specs = [{"name": "random_crop", "size": 24}, {"name": "mosaic", "size": 48}, {"name": "normalize"}]
+    dataset = FolderDataset(root=str(binary_folder), split="train", num_classes=2, mask_mapping="binary",
+                            transforms=build_transforms(specs))
+    torch.manual_seed(0)
+    assert preview_grid(dataset, 2, PALETTE).shape == (*sheet_size(48, 2), 3)
 
 
-def test_module_help():
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "utils.transforms", "--help"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "--config" in result.stdout and "--num" in result.stdout
+def test_a_broken_image_is_named(binary_folder: Path):
+    (binary_folder / "images" / "img_004.png").write_text("not an image\n")
+    dataset = FolderDataset(root=str(binary_folder), split="all", num_classes=2, mask_mapping="binary",
+                            transforms=build_transforms([{"name": "resize", "size": 16}]))
+    with pytest.raises(DataError, match="img_004.png"):
+        preview_grid(dataset, 12, PALETTE)
 
 
-def test_module_runs_as_main(tmp_path, demo_root, monkeypatch, caplog):
-    # What `python -m utils.transforms` does, in this process: the file runs as __main__
-    # beside the imported utils.transforms, and the transforms must not register twice.
-    out = tmp_path / "cli.png"
-    monkeypatch.setattr(sys, "argv", ["utils/transforms.py", "--config", DEMO, "--out", str(out), "--num", "1",
-                                      "--set", f"data.root={demo_root}", "transforms.train.0.size=32"])
-    with pytest.raises(SystemExit) as exit_info, warnings.catch_warnings(), caplog.at_level(logging.INFO):
-        warnings.filterwarnings("ignore", message=".*found in sys.modules", category=RuntimeWarning)
-        runpy.run_module("utils.transforms", run_name="__main__", alter_sys=True)
-    assert exit_info.value.code == 0
-    assert Image.open(out).size == grid_size(32, 1) and str(out) in caplog.text
+def test_bad_requests_raise():
+    dataset = CodedSamples(build_transforms([]))
+    with pytest.raises(ConfigError, match="at least 1, got 0"):
+        preview_grid(dataset, 0, PALETTE)
+    with pytest.raises(DataError, match="no samples"):
+        preview_grid(CodedSamples(build_transforms([]), count=0), 2, PALETTE)

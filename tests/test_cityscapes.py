@@ -285,7 +285,7 @@ def test_unknown_split_raises(tree: Path) -> None:
 
 def test_train_and_predict_with_the_shipped_config(tree: Path, tmp_path: Path) -> None:
     """configs/cityscapes.yaml on the fixture (train crops replaced by a flip: the
-    scale/crop/photometric transforms are tested with utils/transforms.py); val at full size."""
+    scale/crop/photometric transforms are tested with utils/transforms/); val at full size."""
     checkpoints = tmp_path / "checkpoint"
     # The shipped schedule in iterations, shortened; validation by sliding window, shrunk to the fixture's
     # 64x32 frames (two 32x32 windows plus one overlapping them).

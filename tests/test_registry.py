@@ -1,13 +1,16 @@
-"""Registries: decorator registration, duplicates, unknown names listing valid ones."""
+"""Registries: decorator registration, duplicates, unknown names listing valid ones, argument checks."""
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+from typing import List
 
 import pytest
 
-from utils.registry import DATASETS, LOSSES, MODELS, TRANSFORMS, Registry
+from utils.errors import ConfigError
+from utils.registry import (DATASETS, LOSSES, MODELS, TRANSFORMS, ArgumentError, Registry, check_arguments,
+                            signature_params)
 
 
 def test_register_build_and_names() -> None:
@@ -43,6 +46,56 @@ def test_unknown_name_lists_valid_names_and_suggests() -> None:
         reg.get("unte")
     msg = str(err.value)
     assert "unknown widget 'unte'" in msg and "fcn, unet" in msg and "did you mean 'unet'" in msg
+
+
+class Widget:
+    def __init__(self, size: int, names: List[str] = [], *args: int, split: str = "train", **extra: float) -> None:
+        pass
+
+
+def test_signature_params_resolve_annotations_and_leave_out_provided_and_varargs() -> None:
+    params = signature_params(Widget, provided={"split"})
+    assert list(params) == ["size", "names"]
+    assert params["size"].annotation is int and params["names"].annotation == List[str]
+    assert params["names"].default == []
+
+
+def test_check_arguments_returns_the_checked_values() -> None:
+    seen = []
+
+    def double(key, value, annotation):
+        seen.append((key, value, annotation))
+        return 2 * value
+
+    assert check_arguments(Widget, {"size": 3}, "widget 'w'") == {"size": 3}
+    assert check_arguments(Widget, {"names": ["a"], "size": 3}, "widget 'w'", check_value=double) == {
+        "names": ["a", "a"], "size": 6}
+    assert seen == [("names", ["a"], List[str]), ("size", 3, int)]
+
+
+@pytest.mark.parametrize("kwargs, problem, key, message", [
+    ({"size": 1, "sise": 2}, "unknown", "sise",
+     r"widget 'w': unknown argument 'sise' \(did you mean 'size'\?\); accepted: size, names$"),
+    ({"size": 1, "split": "val"}, "provided", "split", "widget 'w': 'split' is set by the framework; remove it"),
+    ({"names": []}, "missing", "size", "widget 'w': needs the argument 'size'"),
+])
+def test_check_arguments_errors(kwargs, problem, key, message) -> None:
+    with pytest.raises(ArgumentError, match=message) as err:
+        check_arguments(Widget, kwargs, "widget 'w'", provided={"split"})
+    assert isinstance(err.value, ConfigError) and isinstance(err.value, ValueError)
+    assert (err.value.problem, err.value.key, err.value.accepted) == (problem, key, ["size", "names"])
+    if problem == "missing":
+        assert err.value.annotation is int
+
+
+def test_registry_check_arguments_names_the_entry() -> None:
+    reg = Registry("widget")
+    reg.register("w")(Widget)
+    assert reg.check_arguments("w", {"size": 2}) == {"size": 2}
+    with pytest.raises(ArgumentError, match="widget 'w': unknown argument 'colour'"):
+        reg.check_arguments("w", {"size": 2, "colour": 1})
+    with pytest.raises(KeyError, match="unknown widget 'v'"):
+        reg.check_arguments("v", {})
 
 
 def test_project_registries_are_filled_on_import() -> None:

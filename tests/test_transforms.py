@@ -1,88 +1,26 @@
-"""Paired transforms: image and mask stay aligned, masks are never interpolated."""
-import colorsys
+"""Paired transforms: image and mask stay aligned, masks are never interpolated; the builder and its checks.
+
+Photometric transforms, warps and mosaic have their own files (test_transforms_*.py).
+"""
 import inspect
-import math
-import pickle
 import typing
+from pathlib import Path
 
 import pytest
 import torch
 from torchvision import tv_tensors
 
-import utils.transforms as transforms_module
-from datasets.folder import FolderDataset
+import utils.transforms.geometry as geometry_module
+from tests.fixtures_transforms import (ALL_SPECS, CLASSES, EXACT_SPECS, GEOMETRIC_SPECS, PHOTOMETRIC_SPECS,
+                                       RESAMPLING_SPECS, SEEDS, block_mask, image_of, run_seeded, spec_id,
+                                       uniform_interior)
+from utils.config import load_config
 from utils.constants import IGNORE_INDEX
+from utils.errors import ConfigError
 from utils.registry import TRANSFORMS
-from utils.transforms import (IMAGENET_MEAN, IMAGENET_STD, Compose, adjust_saturation_hue, affine_grid,
-                              build_transforms, elastic_displacement, warp_pair)
+from utils.transforms import Compose, build_transforms
 
-CLASSES = torch.tensor([0, 2, 3, 7])
-SEEDS = range(4)
-
-
-def block_mask(height: int = 64, width: int = 48, block: int = 8, seed: int = 0) -> tv_tensors.Mask:
-    """Random class per ``block`` x ``block`` tile, values drawn from CLASSES."""
-    generator = torch.Generator().manual_seed(seed)
-    tiles = CLASSES[torch.randint(len(CLASSES), (height // block, width // block), generator=generator)]
-    return tv_tensors.Mask(tiles.repeat_interleave(block, 0).repeat_interleave(block, 1))
-
-
-def image_of(mask: torch.Tensor, channels: int = 3) -> tv_tensors.Image:
-    """An image whose every channel is ``mask + 1`` (so 0 marks padding)."""
-    return tv_tensors.Image((mask + 1).float().expand(channels, -1, -1).clone())
-
-
-def uniform_interior(mask: torch.Tensor, radius: int = 2) -> torch.Tensor:
-    """True where the (2 * radius + 1)^2 neighbourhood holds a single label.
-
-    Pixels near the image border are excluded: bilinear resampling there
-    blends in the fill value.
-    """
-    values = torch.nn.functional.pad(mask[None, None].float(), [radius] * 4, value=-1.0)
-    pool = torch.nn.functional.max_pool2d
-    kernel = 2 * radius + 1
-    return (pool(values, kernel, 1) == -pool(-values, kernel, 1))[0, 0]
-
-
-def run_seeded(spec: dict, image, mask, seed: int):
-    torch.manual_seed(seed)
-    return build_transforms([spec])(image, mask)
-
-
-# Transforms that move pixels without resampling: image equals mask exactly.
-EXACT_SPECS = [
-    {"name": "hflip", "p": 1.0},
-    {"name": "vflip", "p": 1.0},
-    {"name": "hflip"},
-    {"name": "random_crop", "size": [40, 24]},
-    {"name": "random_crop", "size": 72},  # larger than the input: pads
-]
-# Transforms that resample the image bilinearly: agree inside uniform blocks.
-RESAMPLING_SPECS = [
-    {"name": "resize", "size": [96, 80]},
-    {"name": "resize", "size": 40},
-    {"name": "random_resized_crop", "size": 56},
-    {"name": "random_resized_crop", "size": [64, 32], "scale": [0.2, 0.6], "ratio": [0.5, 2.0]},
-    {"name": "rotate", "degrees": 30},
-    {"name": "random_resize", "scale": [48, 96], "ratio_range": [0.8, 1.5]},
-    {"name": "random_resize", "scale": [48, 96], "ratio_range": [0.8, 1.5], "keep_ratio": False},
-    {"name": "random_scale_crop", "size": [40, 56], "scale": [1.0, 2.0]},
-    {"name": "affine", "degrees": 20, "translate": [0.1, 0.2], "scale": [0.8, 1.2], "shear": 10},
-    {"name": "elastic", "alpha": 34.0, "sigma": 4.0, "p": 1.0},
-]
-GEOMETRIC_SPECS = EXACT_SPECS + RESAMPLING_SPECS
-PHOTOMETRIC_SPECS = [
-    {"name": "color_jitter", "brightness": 0.5, "contrast": 0.5, "saturation": 0.5, "hue": 0.1},
-    {"name": "gaussian_blur", "kernel_size": 5, "sigma": [1.0, 2.0], "p": 1.0},
-    {"name": "normalize"},
-    {"name": "photometric_distortion", "p": 1.0},
-    {"name": "gaussian_noise", "p": 1.0},
-]
-ALL_SPECS = GEOMETRIC_SPECS + PHOTOMETRIC_SPECS
-
-
-def spec_id(spec: dict) -> str:
-    return "-".join(f"{v}" for v in spec.values())
+REPO = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------- #
@@ -167,7 +105,7 @@ def test_random_crop_pads_image_with_zero_and_mask_with_ignore():
 
 def test_random_crop_without_padding_rejects_small_images():
     mask = block_mask(8, 8)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="set pad_if_needed: true"):
         build_transforms([{"name": "random_crop", "size": 12, "pad_if_needed": False}])(image_of(mask), mask)
 
 
@@ -204,47 +142,6 @@ def test_same_draw_with_and_without_mask(spec):
     assert none is None
     assert type(without_mask) is tv_tensors.Image
     assert torch.equal(with_mask, without_mask)
-
-
-# --------------------------------------------------------------------------- #
-# Photometric transforms: image only
-# --------------------------------------------------------------------------- #
-@pytest.mark.parametrize("spec", PHOTOMETRIC_SPECS, ids=spec_id)
-def test_photometric_changes_image_but_never_mask(spec):
-    mask = block_mask()
-    image = tv_tensors.Image(torch.rand(3, 64, 48, generator=torch.Generator().manual_seed(0)))
-    out_image, out_mask = run_seeded(spec, image, mask.clone(), seed=0)
-    assert torch.equal(out_mask, mask)
-    assert out_image.shape == image.shape
-    assert not torch.allclose(out_image, image)
-
-
-def test_normalize_hand_computed():
-    image = tv_tensors.Image(torch.tensor([[[0.5, 1.0]], [[0.25, 0.0]], [[1.0, 3.0]]]))
-    mean, std = [0.5, 0.25, 1.0], [0.5, 0.25, 2.0]
-    out_image, _ = build_transforms([{"name": "normalize", "mean": mean, "std": std}])(image, None)
-    expected = torch.tensor([[[0.0, 1.0]], [[0.0, -1.0]], [[0.0, 1.0]]])
-    assert torch.allclose(out_image, expected)
-
-
-def test_normalize_defaults_to_imagenet():
-    image = tv_tensors.Image(torch.tensor(IMAGENET_MEAN).view(3, 1, 1) + torch.tensor(IMAGENET_STD).view(3, 1, 1))
-    out_image, _ = build_transforms([{"name": "normalize"}])(image, None)
-    assert torch.allclose(out_image, torch.ones(3, 1, 1))
-
-
-def test_normalize_rejects_channel_mismatch():
-    image = tv_tensors.Image(torch.rand(1, 4, 4))
-    with pytest.raises(ValueError, match="1 channel.*3 values"):
-        build_transforms([{"name": "normalize"}])(image, None)
-    out_image, _ = build_transforms([{"name": "normalize", "mean": [0.5], "std": [0.5]}])(image, None)
-    assert torch.allclose(out_image, image * 2 - 1)
-
-
-def test_photometric_p_zero_is_identity():
-    image = tv_tensors.Image(torch.rand(3, 8, 8))
-    for spec in [{"name": "gaussian_blur", "p": 0.0}, {"name": "color_jitter", "brightness": 0.9, "p": 0.0}]:
-        assert torch.equal(build_transforms([spec])(image, None)[0], image)
 
 
 # --------------------------------------------------------------------------- #
@@ -319,6 +216,16 @@ def test_build_pipeline_from_specs():
     assert specs[0] == {"name": "resize", "size": [32, 24], "antialias": False}  # not mutated
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_shipped_config_pipelines_build_and_run(name):
+    cfg = load_config(REPO / "configs" / name, check_paths=False)
+    mask = block_mask(96, 128)
+    for specs in (cfg.transforms.train, cfg.transforms.val):
+        out_image, out_mask = build_transforms(specs)(image_of(mask) / 8, mask)
+        assert out_image.shape[-2:] == out_mask.shape
+        assert set(out_mask.unique().tolist()) <= set(CLASSES.tolist()) | {IGNORE_INDEX}
+
+
 def test_empty_pipeline_is_identity():
     image, mask = torch.rand(3, 5, 7), torch.randint(0, 4, (5, 7))
     out_image, out_mask = build_transforms([])(image, mask)
@@ -333,9 +240,12 @@ def test_unknown_name_lists_valid_names():
 
 
 def test_bad_specs_raise():
-    with pytest.raises(ValueError, match="unknown argument.*sise"):
+    with pytest.raises(ConfigError, match=r"transform 'resize': unknown argument 'sise' \(did you mean 'size'\?\); "
+                                          "accepted: size, antialias"):
         build_transforms([{"name": "resize", "sise": 4}])
-    with pytest.raises(ValueError, match="'name'"):
+    with pytest.raises(ConfigError, match="transform 'random_crop': needs the argument 'size'"):
+        build_transforms([{"name": "random_crop"}])
+    with pytest.raises(ConfigError, match="'name'"):
         build_transforms([{"size": 4}])
 
 
@@ -385,8 +295,8 @@ def test_bad_specs_raise():
     ],
     ids=lambda value: value if isinstance(value, str) else spec_id(value),
 )
-def test_bad_arguments_raise_value_error(spec, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_arguments_raise_config_error(spec, message):
+    with pytest.raises(ConfigError, match=message):
         build_transforms([spec])
 
 
@@ -404,7 +314,7 @@ def scripted_draws(monkeypatch, values):
         made.append(value)
         return value
 
-    monkeypatch.setattr(transforms_module, "_randint", draw)
+    monkeypatch.setattr(geometry_module, "randint", draw)
     return made
 
 
@@ -509,7 +419,7 @@ def test_random_resize_sizes(image_size, ratio, keep_ratio, expected):
 
 def test_random_resize_draws_the_ratio_from_its_range(monkeypatch):
     calls = []
-    monkeypatch.setattr(transforms_module, "_uniform", lambda low, high: calls.append((low, high)) or 1.5)
+    monkeypatch.setattr(geometry_module, "uniform", lambda low, high: calls.append((low, high)) or 1.5)
     spec = {"name": "random_resize", "scale": [100, 400], "ratio_range": [0.5, 2.0]}
     out_image, _ = build_transforms([spec])(torch.rand(3, 60, 200), None)
     assert calls == [(0.5, 2.0)] and out_image.shape == (3, 150, 500)
@@ -537,220 +447,3 @@ def test_random_scale_crop_matches_resize_then_crop():
     first = int(out_mask[0, 0])
     assert out_mask[0].tolist() == [first + i // 2 for i in range(8)]
     assert torch.allclose(out_image[0, 4, 1:7].diff(), torch.tensor(0.5))
-
-
-# --------------------------------------------------------------------------- #
-# photometric_distortion and gaussian_noise
-# --------------------------------------------------------------------------- #
-def test_photometric_distortion_stays_in_range_and_keeps_mask():
-    mask = block_mask()
-    image = tv_tensors.Image(torch.rand(3, 64, 48, generator=torch.Generator().manual_seed(1)))
-    image[:, :4] = 0.0
-    image[:, 4:8] = 1.0
-    spec = {"name": "photometric_distortion", "brightness": 0.5, "contrast": [0.3, 3.0], "p": 1.0}
-    for seed in SEEDS:
-        out_image, out_mask = run_seeded(spec, image, mask.clone(), seed)
-        assert torch.equal(out_mask, mask)
-        assert out_image.min() >= 0.0 and out_image.max() <= 1.0
-        assert (out_image - image).abs().max() > 0.05
-
-
-def test_photometric_distortion_contrast_is_multiplicative():
-    image = tv_tensors.Image(torch.tensor([[[0.1, 0.3, 0.6]], [[0.2, 0.2, 0.2]], [[0.0, 0.45, 0.9]]]))
-    spec = {"name": "photometric_distortion", "brightness": 0.0, "contrast": [2.0, 2.0],
-            "saturation": [1.0, 1.0], "hue": 0.0, "p": 1.0}
-    out_image, _ = build_transforms([spec])(image, None)
-    assert torch.allclose(out_image, (image * 2).clamp(0, 1), atol=1e-6)
-
-
-def test_photometric_distortion_on_one_channel_skips_colour_steps():
-    image = tv_tensors.Image(torch.full((1, 4, 4), 0.5))
-    spec = {"name": "photometric_distortion", "brightness": 0.0, "contrast": [1.5, 1.5], "p": 1.0}
-    out_image, _ = build_transforms([spec])(image, None)
-    assert out_image.shape == (1, 4, 4) and torch.allclose(out_image, torch.tensor(0.75))
-
-
-@pytest.mark.parametrize("factor, shift", [(1.4, None), (0.5, None), (None, 0.1), (1.3, -0.25), (2.0, 0.45)])
-def test_adjust_saturation_hue_matches_hsv_round_trip(factor, shift):
-    rgb = torch.rand(3, 5, 6, generator=torch.Generator().manual_seed(2))
-    rgb[:, 0, 0] = 0.4  # grey: no hue
-    rgb[:, 0, 1] = torch.tensor([0.7, 0.7, 0.2])  # two channels tie for the maximum
-    expected = []
-    for r, g, b in rgb.permute(1, 2, 0).reshape(-1, 3).tolist():
-        h, s, v = colorsys.rgb_to_hsv(r, g, b)
-        h = (h + (shift or 0.0)) % 1.0
-        s = min(s * (factor if factor is not None else 1.0), 1.0)
-        expected.append(colorsys.hsv_to_rgb(h, s, v))
-    out = adjust_saturation_hue(rgb, factor, shift)
-    assert torch.allclose(out.permute(1, 2, 0).reshape(-1, 3), torch.tensor(expected), atol=1e-5)
-
-
-def test_gaussian_noise_statistics():
-    image = tv_tensors.Image(torch.full((3, 64, 64), 0.5))
-    torch.manual_seed(0)
-    out_image, _ = build_transforms([{"name": "gaussian_noise", "std": 0.1, "p": 1.0}])(image, None)
-    noise = out_image - image
-    assert abs(noise.mean().item()) < 0.01 and abs(noise.std().item() - 0.1) < 0.005
-    assert torch.equal(build_transforms([{"name": "gaussian_noise", "p": 0.0}])(image, None)[0], image)
-
-
-# --------------------------------------------------------------------------- #
-# affine and elastic
-# --------------------------------------------------------------------------- #
-def test_affine_grid_moves_pixels_where_expected():
-    mask = torch.zeros(20, 30, dtype=torch.int64)
-    mask[5, 7] = 1
-    identity = torch.eye(2, dtype=torch.float64)
-    out_image, out_mask = warp_pair(image_of(mask), mask, affine_grid(20, 30, identity, (10.0, 3.0)))
-    assert (out_mask == 1).nonzero().tolist() == [[8, 17]]  # x + 10, y + 3
-    assert out_mask[:3].eq(IGNORE_INDEX).all() and out_mask[:, :10].eq(IGNORE_INDEX).all()
-    assert abs(out_image[0, 8, 17] - 2) < 1e-4 and out_image[0, 0, 0] == 0
-    # Zoom 2 about the centre (14.5, 9.5): pixel (x 12, y 8) lands on x 9.5, y 6.5.
-    mask = torch.zeros(20, 30, dtype=torch.int64)
-    mask[8, 12] = 1
-    _, out_mask = warp_pair(image_of(mask), mask, affine_grid(20, 30, 2 * identity, (0.0, 0.0)))
-    assert (out_mask == 1).nonzero().tolist() == [[6, 9], [6, 10], [7, 9], [7, 10]]
-
-
-def test_affine_defaults_are_identity():
-    mask = block_mask()
-    out_image, out_mask = build_transforms([{"name": "affine"}])(image_of(mask), mask)
-    assert torch.equal(out_mask, mask)
-    assert torch.allclose(out_image, image_of(mask), atol=1e-4)
-
-
-def test_elastic_with_alpha_zero_is_identity():
-    mask = block_mask()
-    torch.manual_seed(0)
-    out_image, out_mask = build_transforms([{"name": "elastic", "alpha": 0.0, "p": 1.0}])(image_of(mask), mask)
-    assert torch.equal(out_mask, mask)
-    assert torch.allclose(out_image, image_of(mask), atol=1e-4)
-
-
-def test_elastic_moves_pixels_with_one_field_for_image_and_mask():
-    mask = block_mask(128, 128, block=16)
-    torch.manual_seed(0)
-    out_image, out_mask = build_transforms([{"name": "elastic", "alpha": 300.0, "sigma": 8.0, "p": 1.0}])(
-        image_of(mask), mask
-    )
-    changed = out_mask != mask
-    assert changed.float().mean() > 0.05  # visibly deformed
-    inside = uniform_interior(out_mask) & (out_mask != IGNORE_INDEX)
-    assert (out_image[0].round() - 1 == out_mask)[inside].float().mean() >= 0.99
-
-
-@pytest.mark.parametrize("sigma", [3.0, 4.0, 8.0])
-def test_elastic_displacement_has_the_textbook_spread_and_smoothness(sigma):
-    # Uniform noise in [-1, 1] (variance 1/3) filtered by a normalised Gaussian
-    # kernel k has std alpha * sqrt(1/3 * sum(k2d ** 2)) = alpha * sqrt(1/3) * sum(k1d ** 2),
-    # and an autocorrelation exp(-d^2 / (4 sigma^2)): exp(-1/4) one sigma apart.
-    taps = torch.arange(-4 * sigma, 4 * sigma + 1)
-    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
-    expected_std = 34.0 * math.sqrt(1 / 3) * (kernel / kernel.sum()).pow(2).sum().item()
-    torch.manual_seed(0)
-    field = elastic_displacement(320, 320, 34.0, sigma)[:, 64:-64, 64:-64]  # away from the faded borders
-    assert field.shape == (2, 192, 192)
-    assert abs(field.std().item() / expected_std - 1) < 0.12
-    lag = int(sigma)
-    correlation = (field[..., :-lag] * field[..., lag:]).mean() / field.pow(2).mean()
-    assert abs(correlation.item() - math.exp(-0.25)) < 0.06
-
-
-# --------------------------------------------------------------------------- #
-# mosaic
-# --------------------------------------------------------------------------- #
-class ConstantSamples:
-    """A sample source returning constant samples of class 2, 3, 4, ... in turn (image = class + 1)."""
-
-    def __init__(self, size=(30, 40)):
-        self.size = size
-        self.calls = 0
-
-    def __call__(self):
-        self.calls += 1
-        mask = tv_tensors.Mask(torch.full(self.size, self.calls + 1))
-        return image_of(mask), mask
-
-
-def mosaic_pipeline(specs, source):
-    pipeline = build_transforms(specs)
-    pipeline.bind_source(source)
-    return pipeline
-
-
-def test_mosaic_puts_four_samples_in_four_quadrants():
-    mask = tv_tensors.Mask(torch.full((30, 40), 1))
-    source = ConstantSamples()
-    pipeline = mosaic_pipeline([{"name": "mosaic", "size": [40, 60], "center_range": [0.5, 0.5]}], source)
-    out_image, out_mask = pipeline(image_of(mask), mask)
-    assert out_image.shape == (3, 40, 60) and out_mask.shape == (40, 60) and source.calls == 3
-    assert out_mask[:20, :30].eq(1).all() and out_mask[:20, 30:].eq(2).all()
-    assert out_mask[20:, :30].eq(3).all() and out_mask[20:, 30:].eq(4).all()
-    assert torch.equal(out_image, (out_mask + 1).float().expand_as(out_image))
-
-
-def test_mosaic_samples_touch_the_centre_and_padding_is_ignore():
-    mask = block_mask(10, 8, block=2)
-    source = ConstantSamples(size=(10, 8))
-    pipeline = mosaic_pipeline([{"name": "mosaic", "size": 40, "center_range": [0.5, 0.5]}], source)
-    out_image, out_mask = pipeline(image_of(mask), mask)
-    assert torch.equal(out_mask[10:20, 12:20], mask)  # bottom-right corner at the centre (20, 20)
-    assert out_mask[10:20, 20:28].eq(2).all() and out_mask[20:30, 12:20].eq(3).all()
-    assert out_mask[20:30, 20:28].eq(4).all()
-    assert (out_mask == IGNORE_INDEX).sum() == 40 * 40 - 4 * 80
-    assert torch.equal(out_image[0] == 0, out_mask == IGNORE_INDEX)
-
-
-def test_mosaic_crops_large_samples_at_the_far_side():
-    mask = block_mask(64, 48)
-    source = ConstantSamples(size=(64, 48))
-    torch.manual_seed(3)
-    out_image, out_mask = mosaic_pipeline([{"name": "mosaic", "size": [32, 32]}], source)(image_of(mask), mask)
-    top_left = out_mask[:, 0] == mask[-1, -1]  # rows of the current sample's crop
-    cy = int((out_mask[:, 0] != 3).sum())  # the bottom-left sample is class 3
-    cx = int((out_mask[0] != 2).sum())  # the top-right sample is class 2
-    assert 8 <= cy <= 24 and 8 <= cx <= 24 and top_left.any()
-    assert torch.equal(out_mask[:cy, :cx], mask[-cy:, -cx:])
-    assert torch.equal(out_image, (out_mask + 1).float().expand_as(out_image))
-
-
-def test_mosaic_extra_samples_go_through_the_transforms_before_it():
-    # normalize with std 0.5 doubles, with std 0.25 quadruples: the extra samples must be
-    # doubled before the mosaic (like the current one) and quadrupled once after it.
-    mask = tv_tensors.Mask(torch.full((30, 40), 1))
-    specs = [
-        {"name": "normalize", "mean": [0.0], "std": [0.5]},
-        {"name": "mosaic", "size": [40, 60], "center_range": [0.5, 0.5]},
-        {"name": "normalize", "mean": [0.0], "std": [0.25]},
-    ]
-    out_image, out_mask = mosaic_pipeline(specs, ConstantSamples())(image_of(mask), mask)
-    assert set(out_mask.unique().tolist()) == {1, 2, 3, 4}
-    assert torch.equal(out_image, 8 * (out_mask + 1).float().expand_as(out_image))
-
-
-def test_mosaic_without_a_source_raises_unless_p_is_zero():
-    mask = block_mask()
-    with pytest.raises(RuntimeError, match="mosaic.*bind_source"):
-        build_transforms([{"name": "mosaic", "size": 32}])(image_of(mask), mask)
-    out_image, out_mask = build_transforms([{"name": "mosaic", "size": 32, "p": 0.0}])(image_of(mask), mask)
-    assert torch.equal(out_mask, mask) and torch.equal(out_image, image_of(mask))
-
-
-def test_mosaic_without_a_mask_returns_none():
-    image = tv_tensors.Image(torch.ones(3, 30, 40))
-    pipeline = mosaic_pipeline([{"name": "mosaic", "size": [40, 60]}], ConstantSamples())
-    out_image, out_mask = pipeline(image, None)
-    assert out_mask is None and out_image.shape == (3, 40, 60)
-
-
-def test_mosaic_from_a_dataset(binary_folder):
-    specs = [{"name": "random_crop", "size": 24}, {"name": "mosaic", "size": 40}, {"name": "normalize"}]
-    dataset = FolderDataset(root=str(binary_folder), split="train", num_classes=2, mask_mapping="binary",
-                            transforms=build_transforms(specs))
-    torch.manual_seed(0)
-    image, mask = dataset[0]
-    assert image.shape == (3, 40, 40) and mask.shape == (40, 40)
-    assert set(mask.unique().tolist()) <= {0, 1, IGNORE_INDEX}
-    # The source is the dataset's bound method: the pipeline survives pickling (DataLoader workers).
-    copy = pickle.loads(pickle.dumps(dataset))
-    assert copy[1][0].shape == (3, 40, 40)

@@ -397,15 +397,6 @@ def test_data_check_entry_point_names_the_missing_root(tmp_path: Path) -> None:
                "python train.py --config CONFIG --check-data")
 
 
-def test_augmentation_preview_names_the_broken_image(tmp_path: Path) -> None:
-    root = make_pairs(tmp_path / "data")
-    needle = _text_named_png(root)
-    cfg = write_config(tmp_path, root)
-    args = ["-m", "utils.transforms", "--config", str(cfg), "--split", "all", "--num", "12",
-            "--out", str(tmp_path / "p.png")]
-    error_line(run_entry(args, tmp_path), needle.split(":")[0])
-
-
 def test_debug_shows_the_traceback_of_a_user_error(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, make_pairs(tmp_path / "data"), train={"batch_size": 64})
     status, output = run_entry(train_cmd("--config", str(cfg), "--debug"), tmp_path)

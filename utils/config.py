@@ -38,7 +38,8 @@ import yaml
 from utils.errors import ConfigError
 from utils.fileio import write_text
 from utils.mask_mapping import parse_mask_mapping
-from utils.registry import DATASETS, LOSSES, MODELS, TRANSFORMS, Registry
+from utils.registry import (DATASETS, LOSSES, MODELS, TRANSFORMS, ArgumentError, Registry, check_arguments,
+                            signature_params)
 
 log = logging.getLogger(__name__)
 
@@ -384,37 +385,24 @@ def _checked(ctx: _Context, keypath: str, value: Any, tp: Any) -> Any:
 
 def _signature_params(obj: Any, provided: set) -> Dict[str, inspect.Parameter]:
     """Constructor keyword parameters of a registered class, minus framework-provided ones."""
-    target = obj.__init__ if inspect.isclass(obj) else obj
-    params = dict(inspect.signature(target).parameters)
-    params.pop("self", None)
-    try:
-        hints = typing.get_type_hints(target)
-    except Exception:  # noqa: BLE001 - fall back to raw annotations
-        hints = {}
-    out = {}
-    for name, p in params.items():
-        if name in provided or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        out[name] = p.replace(annotation=hints.get(name, p.annotation))
-    return out
+    return signature_params(obj, provided)
 
 
 def _check_kwargs(ctx: _Context, keypath: str, given: Dict[str, Any], obj: Any,
                   provided: set, fixed: Sequence[str], what: str) -> Dict[str, Any]:
-    """Validate ``given`` keyword arguments against ``obj``'s constructor."""
-    params = _signature_params(obj, provided)
-    valid = list(fixed) + list(params)
-    out: Dict[str, Any] = {}
-    for key, value in given.items():
-        if key not in params:
-            if key in provided:
-                raise ctx.error(f"{keypath}.{key}", f"is set by the framework for {what}; remove it")
-            raise _unknown_key(ctx, keypath, key, valid)
-        out[key] = _checked(ctx, f"{keypath}.{key}", value, params[key].annotation)
-    for name, p in params.items():
-        if p.default is inspect.Parameter.empty and name not in out:
-            raise ctx.error(keypath, f"{what} needs the key {name!r} ({describe_type(p.annotation)})")
-    return out
+    """Validate ``given`` keyword arguments against ``obj``'s constructor (utils.registry.check_arguments),
+    type-checking each against its annotation; errors name the source and the key path."""
+    def check_value(key: str, value: Any, annotation: Any) -> Any:
+        return _checked(ctx, f"{keypath}.{key}", value, annotation)
+
+    try:
+        return check_arguments(obj, given, what, provided, check_value)
+    except ArgumentError as exc:
+        if exc.problem == "provided":
+            raise ctx.error(f"{keypath}.{exc.key}", f"is set by the framework for {what}; remove it") from None
+        if exc.problem == "unknown":
+            raise _unknown_key(ctx, keypath, exc.key, list(fixed) + exc.accepted) from None
+        raise ctx.error(keypath, f"{what} needs the key {exc.key!r} ({describe_type(exc.annotation)})") from None
 
 
 def _build_dataclass(ctx: _Context, cls: Any, keypath: str, raw: Any,
