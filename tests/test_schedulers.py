@@ -67,6 +67,17 @@ def test_cosine_and_step_and_none() -> None:
         build_scheduler(_optimizer(), "linear", 10, 1)
 
 
+@pytest.mark.parametrize("kw,key", [({"warmup_start_factor": 0.0}, "warmup_start_factor"),
+                                    ({"warmup_start_factor": 1.5}, "warmup_start_factor"),
+                                    ({"name": "step", "step_epochs": 0}, "step_epochs")])
+def test_settings_the_schedules_cannot_take_name_the_key(kw: dict, key: str) -> None:
+    args = {"name": "poly", "warmup_epochs": 1.0, **kw}
+    with pytest.raises(ConfigError, match=rf"scheduler\.{key}: must"):
+        build_scheduler(_optimizer(), args.pop("name"), 10, 2, **args)
+    # Without a warmup its start factor is unused.
+    build_scheduler(_optimizer(), "poly", 10, 2, warmup_start_factor=0.0)
+
+
 def test_cosine_warmup_boundary_and_floor() -> None:
     # Warmup of 4 steps from 0.1, then half a cosine over T = 12 - 4 = 8 steps down to min_lr 0.2.
     lr = rates("cosine", 12, per_epoch=2, warmup_epochs=2.0, min_lr=0.2)

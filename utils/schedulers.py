@@ -34,9 +34,8 @@ def build_scheduler(optimizer: Optimizer, name: str, total_iters: int, iters_per
                     warmup_epochs: float = 0.0, warmup_start_factor: float = 0.1, power: float = 0.9,
                     min_lr: float = 0.0, step_epochs: int = 30, gamma: float = 0.1) -> sched.LRScheduler:
     """The schedule ``name`` over ``total_iters`` optimizer steps; call ``.step()`` after every step."""
-    if name not in NAMES:
-        raise ConfigError(f"scheduler.name: unknown scheduler {name!r}; valid: {', '.join(NAMES)}")
     warmup = int(round(warmup_epochs * iters_per_epoch))
+    check_settings(name, warmup, warmup_start_factor, step_epochs)
     span = max(total_iters - warmup, 1)
     if name == "step":
         decay: sched.LRScheduler = sched.StepLR(optimizer, max(iters_per_epoch, 1) * step_epochs, gamma)
@@ -56,6 +55,17 @@ def build_scheduler(optimizer: Optimizer, name: str, total_iters: int, iters_per
     if name == "step":
         return sched.ChainedScheduler([ramp, decay], optimizer)
     return sched.SequentialLR(optimizer, [ramp, decay], milestones=[warmup])
+
+
+def check_settings(name: str, warmup: int, warmup_start_factor: float, step_epochs: int) -> None:
+    """ConfigError for the values the schedules cannot take, naming the key and the fix."""
+    if name not in NAMES:
+        raise ConfigError(f"scheduler.name: unknown scheduler {name!r}; valid: {', '.join(NAMES)}")
+    if warmup > 0 and not 0.0 < warmup_start_factor <= 1.0:
+        raise ConfigError(f"scheduler.warmup_start_factor: must lie in (0, 1], got {warmup_start_factor}; "
+                          "to warm up from almost zero use a small value such as 0.001")
+    if name == "step" and step_epochs < 1:
+        raise ConfigError(f"scheduler.step_epochs: must be at least 1 with scheduler.name step, got {step_epochs}")
 
 
 def _poly_with_floor(base_lr: float, min_lr: float, power: float, span: int) -> Callable[[int], float]:
