@@ -4,7 +4,8 @@ A linear warmup (``LinearLR``) from ``warmup_start_factor`` x the base rate to
 the base rate over ``warmup`` steps, then, with ``t`` the steps since the
 warmup ended and ``T = total - warmup``:
 
-* ``poly``:   ``(base - min_lr) * (1 - t / T) ** power + min_lr`` (``PolynomialLR``; nnU-Net, mmseg ``PolyLR``),
+* ``poly``:   ``(base - min_lr) * (1 - t / T) ** power + min_lr`` (nnU-Net, mmseg ``PolyLR``): ``PolynomialLR``,
+  or ``LambdaLR`` when ``min_lr > 0``, a floor ``PolynomialLR`` lacks,
 * ``cosine``: ``min_lr + (base - min_lr) * (1 + cos(pi * t / T)) / 2`` (``CosineAnnealingLR``),
 * ``step``:   ``base * gamma ** (epoch // step_epochs)`` (``StepLR``), epochs counted from the start of
   training, so the drops fall on epochs ``step_epochs``, ``2 * step_epochs``, ... warmup or not,
@@ -13,10 +14,13 @@ warmup ended and ``T = total - warmup``:
 ``SequentialLR`` hands over from the warmup to the decay at step ``warmup``;
 ``step`` multiplies the two instead (``ChainedScheduler``), which keeps its
 drops on whole epochs. ``min_lr`` is the same absolute floor for every
-parameter group. After ``total`` steps the rate stays at its final value.
+parameter group. Stepped past ``total`` (train.py never does), ``poly``
+stays at its floor while torch's cosine climbs back up.
 
 The scheduler's ``state_dict`` holds plain types only; restored after the
-optimizer's (whose ``lr`` it continues from) it resumes the same sequence.
+optimizer's (whose ``lr`` it continues from) it resumes the same sequence. It
+also holds the schedule's lengths, so a resume continues the schedule the run
+started with even if ``train.epochs`` has changed since.
 """
 from __future__ import annotations
 
