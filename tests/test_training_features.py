@@ -91,6 +91,66 @@ def test_ema_copies_integer_buffers() -> None:
     assert restored.updates == 1 and torch.equal(restored.module.running_mean, ema.module.running_mean)
 
 
+def _conv_bn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 1, 1))
+
+
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    model.train()
+    optimizer.zero_grad()
+    model(torch.randn(2, 2, 6, 6)).square().mean().backward()
+    optimizer.step()
+
+
+def test_ema_averages_every_state_entry_by_hand() -> None:
+    """Weights and BatchNorm running statistics follow the ramped average; the batch count is copied."""
+    model = _conv_bn()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ema = ModelEMA(model, decay=0.3)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    for n in range(1, 6):
+        _train_step(model, optimizer)
+        ema.update(model)
+        d = min(0.3, (1 + n) / (10 + n))  # 2/11, 3/12, then 0.3 from n = 3 on (4/13 > 0.3)
+        for key, live in model.state_dict().items():
+            expected[key] = d * expected[key] + (1 - d) * live if live.is_floating_point() else live.clone()
+    averaged = ema.module.state_dict()
+    assert averaged.keys() == expected.keys()   # the plain model's keys: what inference_weights loads
+    for key, value in expected.items():
+        assert torch.allclose(averaged[key], value, atol=1e-6), key
+    assert averaged["1.num_batches_tracked"].item() == 5 and ema.current_decay() == 0.3
+
+
+def test_ema_resumes_through_a_checkpoint(tmp_path: Path) -> None:
+    """Three updates, save, a new EMA loads the state and two more: the same as five in a row."""
+    def updates(ema: ModelEMA, model: nn.Module, optimizer: torch.optim.Optimizer, count: int) -> None:
+        for _ in range(count):
+            _train_step(model, optimizer)
+            ema.update(model)
+
+    model = _conv_bn()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    whole = ModelEMA(model, decay=0.9)
+    torch.manual_seed(1)
+    updates(whole, model, optimizer, 5)
+
+    model = _conv_bn()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    first = ModelEMA(model, decay=0.9)
+    resumed = ModelEMA(_conv_bn(), decay=0.9)  # built before the draws: _conv_bn seeds the generator
+    torch.manual_seed(1)
+    updates(first, model, optimizer, 3)
+    torch.save(first.state_dict(), tmp_path / "ema.pt")
+    state = torch.load(tmp_path / "ema.pt", weights_only=True)
+    assert state["updates"] == 3 and state["decay"] == 0.9
+    resumed.load_state_dict(state)
+    updates(resumed, model, optimizer, 2)
+    assert resumed.updates == whole.updates == 5
+    for key, value in whole.module.state_dict().items():
+        assert torch.equal(resumed.module.state_dict()[key], value), key
+
+
 def test_accumulating_two_batches_of_two_equals_one_batch_of_four(binary_folder: Path) -> None:
     """Same gradients, so the same weights after one SGD step (pixel-mean BCE, no BatchNorm)."""
     base = minimal_config(binary_folder, loss=[{"name": "bce"}], optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.0},

@@ -5,11 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torchvision
 import yaml
+from torchvision.utils import draw_segmentation_masks
 
 from tests.conftest import minimal_config
 from utils.config import ConfigError, config_from_dict, load_config
-from utils.visualize import boundary, default_palette, overlay
+from utils.visualize import boundary, default_palette, make_grid, overlay
 
 RED = (200, 30, 30)          # a red/brown lesion-like background
 
@@ -102,3 +105,37 @@ def test_overlay_color_config(binary_folder: Path, tmp_path: Path) -> None:
 def test_bad_overlay_color_names_the_key(binary_folder: Path, value) -> None:
     with pytest.raises(ConfigError, match=r"test\.overlay_color"):
         config_from_dict(minimal_config(binary_folder, test={"overlay_color": value}), source="x.yaml")
+
+
+def test_make_grid_lays_tiles_out_like_torchvision() -> None:
+    """Tiles of one size: the sheet torchvision.utils.make_grid draws; a smaller tile is letterboxed in white."""
+    rng = np.random.default_rng(0)
+    tiles = [rng.integers(0, 255, (6, 5, 3), dtype=np.uint8) for _ in range(5)]
+    sheet = make_grid(tiles, columns=3, pad=2)
+    assert sheet.shape == (2 * (6 + 2) + 2, 3 * (5 + 2) + 2, 3)
+    reference = torchvision.utils.make_grid(torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2), nrow=3,
+                                            padding=2, pad_value=255)
+    assert np.array_equal(sheet, reference.permute(1, 2, 0).numpy())
+    # A 3 x 5 tile in the 6 x 5 box: the tile at the top, white below it.
+    sheet = make_grid([tiles[0], tiles[1][:3]], columns=2, pad=2)
+    assert np.array_equal(sheet[2:5, 9:14], tiles[1][:3]) and (sheet[5:8, 9:14] == 255).all()
+    # One tile keeps its white border.
+    assert make_grid(tiles[:1], pad=2).shape == (10, 9, 3)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_overlay_fill_matches_draw_segmentation_masks(binary: bool) -> None:
+    """Inside the objects the blend is torchvision's (within the one level of rounding); outside, the image."""
+    image, pred = _red_scene()
+    if not binary:
+        pred[:, 32:] *= 2                        # the right half of the disc is class 2
+    palette = default_palette(3)
+    out = overlay(image, pred, palette, alpha=0.35, binary=binary)
+    classes = [1] if binary else [1, 2]
+    masks = torch.from_numpy(np.stack([pred == k for k in classes]))
+    colours = [tuple(int(v) for v in palette[k]) for k in classes]
+    reference = draw_segmentation_masks(torch.from_numpy(image).permute(2, 0, 1).float() / 255, masks, alpha=0.35,
+                                        colors=colours).mul(255).permute(1, 2, 0).numpy()
+    inside = (pred > 0) & ~boundary(pred)
+    assert np.abs(out[inside].astype(np.float32) - reference[inside]).max() <= 1.0
+    assert (out[(pred == 0) & ~boundary(pred)] == image[(pred == 0) & ~boundary(pred)]).all()
