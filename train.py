@@ -2,7 +2,7 @@
 
     python train.py --config configs/demo.yaml [--set train.epochs=3 --set data.root=/my/data] [--resume | --overwrite]
     python train.py --config configs/demo.yaml --check-data               # report on the data, no training
-    python train.py --config configs/demo.yaml --preview-augmentations    # a grid of augmented training samples
+    python train.py --config configs/demo.yaml --preview-augmentations [out.png] [--preview-num 8]
     torchrun --nproc_per_node 4 train.py --config configs/cityscapes.yaml # DDP (see utils/distributed.py)
 
 A *round* is the stretch of training between two validations: an epoch
@@ -36,7 +36,7 @@ from datasets.check import format_report
 from utils.amp import autocast, grad_scaler, resolve_amp
 from utils.builders import (build_criterion, build_datasets, build_loaders, build_optimizer, build_scheduler,
                             check_data_at_start, class_names_and_palette, data_report, prepare_model,
-                            wrap_for_training)
+                            wrap_for_training, write_preview)
 from utils.checkpoint import inference_state, save_checkpoint
 from utils.cli import EXIT_INTERRUPTED, add_config_arguments, guarded, log_to_file, setup_logging
 from utils.config import Config, load_config, save_config
@@ -75,6 +75,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="start again in a run folder that already holds a trained run, replacing it")
     p.add_argument("--check-data", action="store_true",
                    help="only scan the dataset and report problems (exit status 1 if any), no training")
+    p.add_argument("--preview-augmentations", nargs="?", const="results/aug_preview.png", metavar="PNG",
+                   help="only write a grid of training samples after the train transforms, each beside its mask "
+                        "(default file: %(const)s)")
+    p.add_argument("--preview-num", type=int, default=8, metavar="N", help="samples in the preview (default 8)")
     return p.parse_args(argv)
 
 
@@ -84,6 +88,9 @@ def dispatch(args: argparse.Namespace) -> int:
         report = data_report(cfg, progress=cfg.train.progress)
         sys.stdout.write(format_report(report) + "\n")
         return report.exit_code
+    if args.preview_augmentations:
+        log.info("wrote %s", write_preview(cfg, args.preview_num, args.preview_augmentations))
+        return 0
     summary = run(cfg, resume=args.resume, overwrite=args.overwrite)
     return EXIT_INTERRUPTED if summary["interrupted"] else 0
 

@@ -55,7 +55,9 @@ def test_train_resume_and_predict(tiny_run: Path, tmp_path: Path) -> None:
     assert resumed["epoch"] == 3 and len(resumed["history"]) == 3
     assert resumed["history"][:2] == last["history"]
     assert resumed["optimizer"]["state"][0]["step"] > last["optimizer"]["state"][0]["step"]
-    assert "resumed from" in (run_dir / "train.log").read_text()
+    log = (run_dir / "train.log").read_text()
+    assert "resumed from" in log
+    assert "resumed with train.epochs: 2 -> 3: the learning-rate schedule continues as it was built" in log
 
     # test.py with only the checkpoint: config comes from inside it.
     script = load_test_script()

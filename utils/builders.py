@@ -1,5 +1,6 @@
 """Turning a validated config into objects: datasets and loaders, the model, the criterion, the
-optimizer and its schedule, and the class names with their palette.
+optimizer and its schedule, the class names with their palette; and the data check and the
+augmentation preview, which train.py runs on request.
 
 train.py and test.py build through these, so they always agree on what a
 config means. Names are looked up in the registries (utils/registry.py),
@@ -28,8 +29,8 @@ from utils.metrics import default_class_names
 from utils.registry import DATASETS, MODELS
 from utils.sampling import SeededDataset, SeededSampler, collate, worker_init
 from utils.schedulers import build_scheduler as build_lr_scheduler
-from utils.transforms import build_transforms
-from utils.visualize import default_palette
+from utils.transforms import build_transforms, preview_grid
+from utils.visualize import default_palette, save_png
 
 log = logging.getLogger("train")
 
@@ -201,3 +202,11 @@ def check_data_at_start(cfg: Config, progress: bool = True) -> None:
                           f"python train.py --config {cfg.source} --check-data", root=cfg.data.root,
                           dataset_name=cfg.data.name, num_classes=cfg.data.num_classes,
                           class_names=class_names_and_palette(cfg)[0], progress=progress)
+
+
+def write_preview(cfg: Config, num: int, path: str) -> Path:
+    """A grid of ``num`` training samples after the train transforms, each beside its mask (seeded)."""
+    torch.manual_seed(cfg.seed)
+    dataset = DATASETS.build(cfg.data.name, split="train", transforms=build_transforms(cfg.transforms.train),
+                             **cfg.dataset_kwargs())
+    return save_png(preview_grid(dataset, num, class_names_and_palette(cfg)[1]), path)

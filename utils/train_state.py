@@ -208,6 +208,7 @@ class TrainState:
                      f"resume with the config it was trained with (saved as {path.parent / 'config.yaml'}), "
                      "or start a new run with --overwrite or --set experiment=NAME")
         interrupted = self.restore(checkpoint)
+        warn_if_schedule_changed(checkpoint.get("config") or {}, self.cfg.to_dict())
         log.info("resumed from %s after %s round(s) (best %s so far: %s)", path, self.round,
                  self.cfg.train.monitor, self.best)
         return interrupted
@@ -224,6 +225,18 @@ class TrainState:
                                        "nothing was saved, last.pt holds the last good round. Lower "
                                        "optimizer.lr or set train.grad_clip, then --resume or start again "
                                        "with --overwrite")
+
+
+def warn_if_schedule_changed(saved: Dict[str, Any], asked: Dict[str, Any]) -> None:
+    """The learning-rate schedule is restored with the length it was built for: say so when the config
+    now asks for another length or schedule (``--resume --set train.epochs=N`` does not stretch it)."""
+    keys = [("train", "epochs"), ("train", "iterations"), *(("scheduler", k) for k in asked.get("scheduler", {}))]
+    changed = [f"{a}.{b}: {saved.get(a, {}).get(b)!r} -> {asked.get(a, {}).get(b)!r}" for a, b in keys
+               if a in saved and saved.get(a, {}).get(b) != asked.get(a, {}).get(b)]
+    if changed:
+        log.warning("resumed with %s: the learning-rate schedule continues as it was built, for the original "
+                    "length (a poly or cosine schedule stays at its final rate past it); start a new run with "
+                    "--overwrite to train with the new schedule", ", ".join(changed))
 
 
 def is_better(value: Optional[float], best: Optional[float], mode: str) -> bool:
