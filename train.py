@@ -1,20 +1,14 @@
 """Train a segmentation model from one YAML config.
 
     python train.py --config configs/demo.yaml [--set train.epochs=3 --set data.root=/my/data] [--resume | --overwrite]
-    python train.py --config configs/demo.yaml --check-data               # report on the data, no training
-    python train.py --config configs/demo.yaml --preview-augmentations [out.png] [--preview-num 8]
-    torchrun --nproc_per_node 4 train.py --config configs/cityscapes.yaml # DDP (see utils/distributed.py)
+    python train.py --config configs/demo.yaml --check-data | --preview-augmentations [out.png]
+    torchrun --nproc_per_node 4 train.py --config configs/cityscapes.yaml   # DDP (utils/distributed.py)
 
-A *round* is the stretch of training between two validations: an epoch
-(``train.epochs``), or ``train.val_interval`` optimizer steps
-(``train.iterations``). Each round reseeds from (seed, round, rank), so a
-resumed run draws what an uninterrupted one would. The run folder
-``<train.checkpoint_dir>/<experiment>/`` gets ``config.yaml``, ``last.pt``
-(everything resume needs), ``best.pt`` (what inference needs),
-``metrics.json``, ``train.log`` and TensorBoard events, written by rank 0 only.
-Ctrl-C finishes the current step, saves ``last.pt`` and exits with 130;
-``--resume`` continues from exactly that step. A user's mistake ends in one
-ERROR line and exit status 2 (utils/cli.py).
+A *round* is the stretch of training between two validations: an epoch, or ``train.val_interval``
+optimizer steps with ``train.iterations``. Rank 0 writes ``<train.checkpoint_dir>/<experiment>/``:
+config.yaml, last.pt (to resume), best.pt (to predict), metrics.json, train.log, TensorBoard events.
+Ctrl-C saves last.pt and exits 130; ``--resume`` continues from that very step. A user's mistake
+ends in one ERROR line and exit status 2 (utils/cli.py).
 """
 from __future__ import annotations
 
@@ -41,18 +35,17 @@ from utils.checkpoint import inference_state, save_checkpoint
 from utils.cli import EXIT_INTERRUPTED, add_config_arguments, guarded, log_to_file, setup_logging
 from utils.config import Config, load_config, save_config
 from utils.constants import IGNORE_INDEX
-from utils.distributed import DistInfo, any_rank, broadcast_buffers, init_distributed, mean_over_ranks
+from utils.distributed import DistInfo, any_rank, init_distributed
 from utils.distributed import cleanup as cleanup_distributed
 from utils.ema import ModelEMA
-from utils.errors import ConfigError
 from utils.inference import predict_labels
 from utils.metrics import ConfusionMatrix
-from utils.reporting import log_tensorboard, round_line, round_record, write_metrics
+from utils.reporting import (log_tensorboard, open_tensorboard, preview_row, round_line, round_record, run_header,
+                             write_metrics)
 from utils.run_folder import check_run_folder, open_run_folder, removed_if_failed
 from utils.runtime import StopFlag, configure_runtime, restore_runtime, seed_everything, select_device
 from utils.sampling import round_batches, round_seed
 from utils.train_state import RoundPlan, RoundStats, TrainState, diverged, make_plan, resume_round
-from utils.visualize import colorize, default_palette, to_display
 
 log = logging.getLogger("train")
 Batches = Iterator[Tuple[torch.Tensor, torch.Tensor]]
@@ -130,12 +123,6 @@ def start(cfg: Config, resume: Optional[str], overwrite: bool, dist: DistInfo,
     train_loader, val_loader = build_loaders(cfg, train_ds, val_ds, device, dist)
     plan = make_plan(cfg, len(train_loader))
     model = prepare_model(cfg, device, dist)
-    if cfg.train.freeze_encoder_epochs:
-        try:
-            model.set_encoder_frozen(False)
-        except (AttributeError, ValueError) as exc:
-            raise ConfigError(f"{cfg.source}: train.freeze_encoder_epochs: model {cfg.model.name!r} has no "
-                              f"encoder to freeze ({exc}); set it to 0") from None
     optimizer = build_optimizer(cfg, model)
     state = TrainState(cfg, device, model, model, build_criterion(cfg, train_ds, cfg.run_dir), optimizer,
                        build_scheduler(cfg, optimizer, plan.steps_per_epoch, plan.total_steps),
@@ -147,11 +134,8 @@ def start(cfg: Config, resume: Optional[str], overwrite: bool, dist: DistInfo,
         open_run_folder(cfg.run_dir, overwrite)
         log_to_file(cfg.run_dir / "train.log")
         save_config(cfg, cfg.run_dir / "config.yaml")
-    log.info("experiment %s | %s on %s%s | %d train / %d val images | model %s (%.2fM params) | %s | amp %s",
-             cfg.experiment, cfg.data.name, device, f" x {dist.world_size} processes" if dist.distributed else "",
-             len(train_ds), len(val_ds), cfg.model.name, sum(p.numel() for p in model.parameters()) / 1e6,
-             f"{plan.total_steps} iterations" if plan.iteration_mode else f"{plan.rounds} epochs",
-             resolve_amp(cfg.train.amp, device, warn=False))
+    log.info(run_header(cfg, f"{device}" + (f" x {dist.world_size} processes" if dist.distributed else ""),
+                        len(train_ds), len(val_ds), model, plan.length, resolve_amp(cfg.train.amp, device, warn=False)))
     return state, plan, train_loader, val_loader, interrupted
 
 
@@ -159,10 +143,7 @@ def train_rounds(state: TrainState, plan: RoundPlan, train_loader: DataLoader, v
                  interrupted: Optional[Dict[str, Any]], dist: DistInfo) -> Tuple[StopFlag, Optional[RoundStats]]:
     """The loop: train a round, validate when due, save; returns the stop flag and a round Ctrl-C cut short."""
     cfg, run_dir = state.cfg, state.cfg.run_dir
-    writer = None
-    if cfg.train.tensorboard and dist.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(log_dir=str(run_dir))
+    writer = open_tensorboard(run_dir) if cfg.train.tensorboard and dist.is_main else None
     stop = StopFlag().install()
     state.start_clock()
     log.info("training started; Ctrl-C saves %s and stops", run_dir / "last.pt")
@@ -279,19 +260,13 @@ def validate(state: TrainState, plan: RoundPlan, index: int, stats: RoundStats, 
     """After round ``index``: its record (with validation metrics when due), preview rows, and whether best."""
     cfg = state.cfg
     state.round, state.step = index, state.step + stats.steps
-    steps = max(stats.steps, 1)
-    means = mean_over_ranks({"loss": stats.loss / steps, **{f"term/{k}": v / steps
-                                                            for k, v in stats.loss_terms.items()}}, state.device)
-    loss = means.pop("loss")
-    record = round_record(index, state.step, loss, {k[len("term/"):]: v for k, v in means.items()},
-                          state.optimizer.param_groups[0]["lr"], stats.images_per_s(dist.world_size),
-                          not plan.iteration_mode)
+    loss, loss_terms = stats.means_over_ranks(state.device)
+    record = round_record(index, state.step, loss, loss_terms, state.optimizer.param_groups[0]["lr"],
+                          stats.images_per_s(dist.world_size), not plan.iteration_mode)
     preview_rows: List[np.ndarray] = []
     new_best = False
     if plan.validates_after(index):
-        for module in (state.model, state.ema.module if state.ema is not None else None):
-            if module is not None:
-                broadcast_buffers(module)  # rank 0's BatchNorm statistics, so every rank validates one model
+        state.share_buffers()
         names, palette = class_names_and_palette(cfg)
         record["val"], preview_rows = evaluate(state.eval_model(), val_loader, cfg, state.device, names, palette,
                                                cfg.train.log_images if dist.is_main else 0,
@@ -324,7 +299,6 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, cfg: Config, device: to
     ``num_images`` (image | ground truth | prediction) rows for TensorBoard. Predictions come from
     :func:`utils.inference.predict_labels`, the prediction path test.py uses too."""
     model.eval()
-    palette = default_palette(cfg.data.num_classes) if palette is None else palette
     cm = ConfusionMatrix(cfg.data.num_classes, class_names=class_names)
     preview_rows: List[np.ndarray] = []
     # The bar shows only when validation takes more than a few seconds.
@@ -334,9 +308,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, cfg: Config, device: to
                                cfg.train.channels_last, device=device)
         cm.update(preds, masks.to(preds.device, non_blocking=True))
         for i in range(min(num_images - len(preview_rows), images.shape[0])):
-            tiles = [to_display(images[i]), colorize(masks[i].numpy(), palette),
-                     colorize(preds[i].cpu().numpy(), palette)]
-            preview_rows.append(np.concatenate(tiles, axis=1))
+            preview_rows.append(preview_row(images[i], masks[i], preds[i], palette, cfg.data.num_classes))
     cm.reduce_from_all_processes()
     return cm.compute(), preview_rows
 

@@ -23,7 +23,7 @@ from datasets.check import (DATA_CHECK_CACHE, SPLITS, TRAINING_SPLITS, CheckRepo
 from utils.class_stats import CLASS_STATS_FILE, cached_class_counts, class_weights, format_weights
 from utils.config import Config
 from utils.distributed import DistInfo, ShardSampler
-from utils.errors import DataError
+from utils.errors import ConfigError, DataError
 from utils.losses import CombinedLoss, build_loss
 from utils.metrics import default_class_names
 from utils.registry import DATASETS, MODELS
@@ -53,17 +53,17 @@ def resolve_num_workers(setting: Any, device: torch.device) -> int:
 
 
 def build_loaders(cfg: Config, train_ds: Dataset, val_ds: Dataset, device: torch.device,
-                  info: Optional[DistInfo] = None) -> Tuple[DataLoader, DataLoader]:
+                  dist: Optional[DistInfo] = None) -> Tuple[DataLoader, DataLoader]:
     """Shuffled training batches (``train.batch_size`` per process) and the validation split in order.
 
     Under DDP the training set is split by a ``DistributedSampler`` (same seed on
     every process, reshuffled each round) and the validation set by a
     :class:`ShardSampler`, which never repeats a sample.
     """
-    info = info or DistInfo()
-    per_process = len(train_ds) // info.world_size
+    dist = dist or DistInfo()
+    per_process = len(train_ds) // dist.world_size
     if per_process < cfg.train.batch_size:
-        share = "" if info.world_size == 1 else f", {per_process} per process for {info.world_size} processes"
+        share = "" if dist.world_size == 1 else f", {per_process} per process for {dist.world_size} processes"
         raise DataError(f"{cfg.data.root}: the train split has {len(train_ds)} images{share}, fewer than "
                          f"train.batch_size={cfg.train.batch_size}; lower the batch size")
     workers = resolve_num_workers(cfg.data.num_workers, device)
@@ -71,16 +71,16 @@ def build_loaders(cfg: Config, train_ds: Dataset, val_ds: Dataset, device: torch
                                   collate_fn=collate, worker_init_fn=worker_init,
                                   persistent_workers=workers > 0)
     generator = torch.Generator().manual_seed(cfg.seed)  # reseeded each round by round_batches
-    if info.distributed:
-        order: Sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+    if dist.distributed:
+        order: Sampler = DistributedSampler(train_ds, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
                                             seed=cfg.seed, drop_last=True)
         val_loader = DataLoader(val_ds, batch_size=cfg.train.val_batch_size,
-                                sampler=ShardSampler(val_ds, info.rank, info.world_size), **common)
+                                sampler=ShardSampler(val_ds, dist.rank, dist.world_size), **common)
     else:
         order = RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed))
         val_loader = DataLoader(val_ds, batch_size=cfg.train.val_batch_size, shuffle=False, **common)
     train_loader = DataLoader(SeededDataset(train_ds), batch_size=cfg.train.batch_size,
-                              sampler=SeededSampler(order, info.rank), drop_last=True, generator=generator, **common)
+                              sampler=SeededSampler(order, dist.rank), drop_last=True, generator=generator, **common)
     return train_loader, val_loader
 
 
@@ -89,26 +89,33 @@ def build_model(cfg: Config) -> torch.nn.Module:
     return MODELS.build(cfg.model.name, **cfg.model_kwargs())
 
 
-def prepare_model(cfg: Config, device: torch.device, info: DistInfo) -> torch.nn.Module:
-    """The model on ``device``: SyncBatchNorm when asked and possible, channels_last when asked."""
+def prepare_model(cfg: Config, device: torch.device, dist: DistInfo) -> torch.nn.Module:
+    """The model on ``device``: SyncBatchNorm and channels_last when asked (and possible); an encoder to
+    freeze checked."""
     model = build_model(cfg)
     if cfg.train.sync_bn:
-        if info.distributed and device.type == "cuda":
+        if dist.distributed and device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            log.info("train.sync_bn: BatchNorm statistics synchronised over %d processes", info.world_size)
+            log.info("train.sync_bn: BatchNorm statistics synchronised over %d processes", dist.world_size)
         else:
-            why = "it runs on CUDA only" if info.distributed else "this is a single process (no process group)"
+            why = "it runs on CUDA only" if dist.distributed else "this is a single process (no process group)"
             log.warning("train.sync_bn: keeping plain BatchNorm, because %s", why)
+    if cfg.train.freeze_encoder_epochs:
+        try:
+            model.set_encoder_frozen(False)
+        except (AttributeError, ValueError) as exc:
+            raise ConfigError(f"{cfg.source}: train.freeze_encoder_epochs: model {cfg.model.name!r} has no "
+                              f"encoder to freeze ({exc}); set it to 0") from None
     model = model.to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
 
-def wrap_for_training(model: torch.nn.Module, cfg: Config, device: torch.device, info: DistInfo) -> torch.nn.Module:
+def wrap_for_training(model: torch.nn.Module, cfg: Config, device: torch.device, dist: DistInfo) -> torch.nn.Module:
     """DDP under torchrun, then ``torch.compile`` when asked; the plain module stays what is saved."""
     wrapped = model
-    if info.distributed:
+    if dist.distributed:
         # Frozen encoder epochs leave parameters without gradients; DDP must be told to expect that.
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                           find_unused_parameters=cfg.train.freeze_encoder_epochs > 0)

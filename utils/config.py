@@ -383,11 +383,6 @@ def _checked(ctx: _Context, keypath: str, value: Any, tp: Any) -> Any:
         raise ctx.error(where, f"expected {exc.expected}, got {_describe_value(exc.value)}") from None
 
 
-def _signature_params(obj: Any, provided: set) -> Dict[str, inspect.Parameter]:
-    """Constructor keyword parameters of a registered class, minus framework-provided ones."""
-    return signature_params(obj, provided)
-
-
 def _check_kwargs(ctx: _Context, keypath: str, given: Dict[str, Any], obj: Any,
                   provided: set, fixed: Sequence[str], what: str) -> Dict[str, Any]:
     """Validate ``given`` keyword arguments against ``obj``'s constructor (utils.registry.check_arguments),
@@ -682,8 +677,8 @@ def drop_foreign_model_options(raw: Dict[str, Any], file_model: Any, overridden:
     if new_model == file_model or file_model not in MODELS or new_model not in MODELS:
         return []
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    old_params = _signature_params(MODELS.get(file_model), _MODEL_PROVIDED)
-    new_params = _signature_params(MODELS.get(new_model), _MODEL_PROVIDED)
+    old_params = signature_params(MODELS.get(file_model), _MODEL_PROVIDED)
+    new_params = signature_params(MODELS.get(new_model), _MODEL_PROVIDED)
     dropped = [key for key in model
                if key not in fields and key in old_params and key not in new_params
                and f"model.{key}" not in overridden]

@@ -7,10 +7,18 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+import torch
 
 from utils.fileio import atomic_open, write_failure, write_json
 from utils.metrics import format_metrics
-from utils.visualize import make_grid
+from utils.visualize import colorize, default_palette, make_grid, to_display
+
+
+def run_header(cfg: Any, where: str, num_train: int, num_val: int, model: Any, length: str, amp: str) -> str:
+    """The line that opens a run: experiment, data, device, split sizes, model and size, length, AMP."""
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    return (f"experiment {cfg.experiment} | {cfg.data.name} on {where} | {num_train} train / {num_val} val images | "
+            f"model {cfg.model.name} ({params:.2f}M params) | {length} | amp {amp}")
 
 
 def round_record(index: int, step: int, loss: float, loss_terms: Dict[str, float], lr: float,
@@ -33,6 +41,20 @@ def round_line(label: str, record: Dict[str, Any], progress: str, monitor: str, 
         if new_best:
             line += f" | new best {monitor} {metrics[monitor]:.4f}"
     return line
+
+
+def open_tensorboard(run_dir: Path) -> Any:
+    """A TensorBoard writer into the run folder (imported here: only rank 0 with train.tensorboard needs it)."""
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(log_dir=str(run_dir))
+
+
+def preview_row(image: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, palette: Optional[np.ndarray],
+                num_classes: int) -> np.ndarray:
+    """One (image | ground truth | prediction) row for TensorBoard, masks in the class colours."""
+    palette = default_palette(num_classes) if palette is None else palette
+    tiles = [to_display(image), colorize(mask.cpu().numpy(), palette), colorize(pred.cpu().numpy(), palette)]
+    return np.concatenate(tiles, axis=1)
 
 
 def log_tensorboard(writer: Any, step: int, record: Dict[str, Any], preview_rows: List[np.ndarray]) -> None:

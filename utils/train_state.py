@@ -23,6 +23,7 @@ import torch
 
 from utils.checkpoint import load_checkpoint, load_weights, require_resumable
 from utils.config import Config
+from utils.distributed import broadcast_buffers, mean_over_ranks
 from utils.ema import ModelEMA
 from utils.errors import ConfigError, TrainingDiverged
 from utils.runtime import capture_rng, restore_rng
@@ -51,6 +52,11 @@ class RoundPlan:
         if self.iteration_mode:
             return math.ceil(self.total_steps / self.val_interval)
         return self.total_steps // self.steps_per_epoch
+
+    @property
+    def length(self) -> str:
+        """"50 epochs" or "80000 iterations"."""
+        return f"{self.total_steps} iterations" if self.iteration_mode else f"{self.rounds} epochs"
 
     def steps_in(self, round_index: int) -> int:
         """Optimizer steps in round ``round_index`` (1-based)."""
@@ -99,6 +105,14 @@ class RoundStats:
     def images_per_s(self, world_size: int = 1) -> float:
         return self.seen * world_size / self.seconds if self.seconds > 0 else 0.0
 
+    def means_over_ranks(self, device: torch.device) -> Tuple[float, Dict[str, float]]:
+        """The round's mean loss and mean loss terms per step, averaged over the processes under DDP."""
+        steps = max(self.steps, 1)
+        means = mean_over_ranks({"loss": self.loss / steps,
+                                 **{f"term/{k}": v / steps for k, v in self.loss_terms.items()}}, device)
+        loss = means.pop("loss")
+        return loss, {k[len("term/"):]: v for k, v in means.items()}
+
 
 @dataclass
 class TrainState:
@@ -130,6 +144,12 @@ class TrainState:
     def eval_model(self) -> torch.nn.Module:
         """The weights that are validated: the EMA copy with ``train.ema_eval``, else the live model."""
         return self.ema.module if self.ema is not None and self.cfg.train.ema_eval else self.model
+
+    def share_buffers(self) -> None:
+        """Give every process rank 0's BatchNorm statistics (of the model and the EMA), so all validate one model."""
+        broadcast_buffers(self.model)
+        if self.ema is not None:
+            broadcast_buffers(self.ema.module)
 
     def start_clock(self) -> None:
         """Mark the start of training in this process (steps before a resume do not count)."""
