@@ -43,18 +43,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.unet import DoubleConv, init_weights
-from models.unetpp import check_input, check_positive
+from models.common import DoubleConv, check_input, check_positive, conv_bn_relu, init_weights
 from utils.registry import MODELS
 
 LEVELS = 5  # encoder levels X_En^1 .. X_En^5
 MASKED_LOGIT = 30.0  # magnitude of the foreground logits forced by the CGM
-
-
-def conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
-    """3x3 conv (size kept) -> BatchNorm -> ReLU."""
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=False),
-                         nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
 
 
 def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -167,7 +160,7 @@ class UNet3Plus(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
         """Logits (N, out_channels, H, W); a list of them, main first, in training with deep supervision."""
-        check_input("UNet3Plus", x, self.in_channels)
+        check_input(x, self.in_channels, "UNet3Plus", poolings=LEVELS - 1)
         maps = self.features(x)
         n_outputs = len(self.heads) if self.training else 1
         outputs = [upsample_to(head(m), x.shape[-2:]) for head, m in zip(self.heads[:n_outputs], maps)]

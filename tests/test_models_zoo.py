@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import UNet3Plus, UNetPlusPlus, build_model
-from models.unet import DoubleConv
+from models.common import DoubleConv
 from models.unet3p import MASKED_LOGIT, mask_absent
 from tests.conftest import minimal_config
 from tests.test_models import ModelTester, bn, conv, double_conv, n_params
@@ -282,15 +282,15 @@ def test_unet3p_param_count_matches_the_paper() -> None:
 
 
 @pytest.mark.parametrize("cls, kwargs, message", [
-    (UNetPlusPlus, {"prune_level": 0}, r"prune_level must be in 1..4, got 0"),
-    (UNetPlusPlus, {"prune_level": 5, "deep_supervision": True}, r"prune_level must be in 1..4, got 5"),
+    (UNetPlusPlus, {"prune_level": 0}, r"model.prune_level must be in 1..4, got 0"),
+    (UNetPlusPlus, {"prune_level": 5, "deep_supervision": True}, r"model.prune_level must be in 1..4, got 5"),
     (UNetPlusPlus, {"prune_level": 2}, r"prune_level=2 needs deep_supervision=True"),
-    (UNetPlusPlus, {"base_channels": 0}, r"UNetPlusPlus: base_channels must be at least 1, got 0"),
-    (UNet3Plus, {"out_channels": 0}, r"UNet3Plus: out_channels must be at least 1, got 0"),
-    (UNet3Plus, {"in_channels": -1}, r"UNet3Plus: in_channels must be at least 1, got -1"),
+    (UNetPlusPlus, {"base_channels": 0}, r"UNetPlusPlus: model.base_channels must be at least 1, got 0"),
+    (UNet3Plus, {"out_channels": 0}, r"UNet3Plus: model.out_channels must be at least 1, got 0"),
+    (UNet3Plus, {"in_channels": -1}, r"UNet3Plus: model.in_channels must be at least 1, got -1"),
 ])
 def test_bad_arguments_raise(cls: type, kwargs: Dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         cls(**kwargs)
 
 
