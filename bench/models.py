@@ -61,6 +61,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402,F401 - fills the registry
+from utils.model_output import ClassGuidedOutput  # noqa: E402
 from utils.registry import MODELS  # noqa: E402
 
 logger = logging.getLogger("bench.models")
@@ -199,11 +200,11 @@ def train_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     """Forward + backward of the mean of every output (deep supervision, CGM logits); gradients then dropped."""
     def step() -> None:
         outputs = model(x)
+        extra: List[torch.Tensor] = []
+        if isinstance(outputs, ClassGuidedOutput):
+            outputs, extra = outputs.logits, [outputs.cls_logits]
         outputs = outputs if isinstance(outputs, list) else [outputs]
-        loss = sum(out.float().mean() for out in outputs)
-        cls_logits = getattr(model, "last_cls_logits", None)
-        if cls_logits is not None:
-            loss = loss + cls_logits.float().mean()
+        loss = sum(out.float().mean() for out in outputs + extra)
         loss.backward()
         model.zero_grad(set_to_none=True)
     return step

@@ -9,12 +9,14 @@ size, so any input size works.
   rate of ``aspp_rates`` (6, 12, 18: the paper's rates at output stride 16;
   it doubles them at 8), image pooling; all 256 channels, concatenated,
   projected by a 1x1 conv to 256 channels, dropout 0.5), then a 3x3
-  conv-BN-ReLU and a 1x1 classifier (torchvision's DeepLabHead).
+  conv-BN-ReLU and a 1x1 classifier (torchvision's DeepLabHead layout, but
+  with our ASPP: see below).
 * DeepLabV3+ (Chen et al., 2018): the same ASPP; its output is upsampled to
   the stride-4 features, which are reduced to 48 channels by a 1x1
   conv-BN-ReLU, concatenated, refined by two 3x3 conv-BN-ReLU of 256
   channels and classified by a 1x1 conv.
-* FCN: torchvision's FCN head (as in ``fcn_resnet50``), i.e. FCN-32s style
+* FCN: torchvision's FCN head itself (``torchvision.models.segmentation.fcn.
+  FCNHead``, as in ``fcn_resnet50``), i.e. FCN-32s style
   with no skip fusion: a 3x3 conv-BN-ReLU to a quarter of the channels,
   dropout 0.1 and a 1x1 classifier on the last feature map. The dilated
   ResNet (output stride 8) supplies the resolution that FCN-8s gets from
@@ -28,7 +30,9 @@ stride 32 (the only value they accept; None selects it).
 The ASPP image-pooling branch has no BatchNorm: its map is 1x1, so its
 batch statistics would come from N values per channel only, and training
 on a batch of one image would fail outright; a biased 1x1 conv + ReLU is
-used instead.
+used instead. That is why the ASPP (and so the DeepLabV3 head) is ours and
+not torchvision's ``ASPP`` / ``DeepLabHead``, whose pooling branch has that
+BatchNorm; torchvision has no DeepLabV3+ decoder.
 
 Every model has ``set_encoder_frozen(frozen)`` (see
 :meth:`models.encoders.Encoder.set_frozen`) for warming up the head on a
@@ -39,23 +43,15 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.segmentation.fcn import FCNHead as TorchvisionFCNHead
 
-from models.encoders import build_encoder, check_encoder_name, check_image_batch, supported_output_strides
-from models.unet import init_weights
+from models.common import check_input, check_positive, conv_bn_relu, init_weights
+from models.encoders import build_encoder, check_encoder_name, supported_output_strides
+from utils.errors import ConfigError
 from utils.registry import MODELS
 
 ASPP_CHANNELS = 256
 LOW_LEVEL = 1  # index of the stride-4 encoder features used by DeepLabV3+
-
-
-def conv_bn_relu(in_ch: int, out_ch: int, kernel_size: int = 3, dilation: int = 1) -> nn.Sequential:
-    """Conv (no bias, "same" padding) -> BatchNorm -> ReLU."""
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2 * dilation,
-                  dilation=dilation, bias=False),
-        nn.BatchNorm2d(out_ch),
-        nn.ReLU(inplace=True),
-    )
 
 
 class ASPPPooling(nn.Module):
@@ -70,6 +66,7 @@ class ASPPPooling(nn.Module):
         return pooled.expand(-1, -1, *x.shape[-2:])
 
 
+# Ours, not torchvision's ASPP/DeepLabHead: their pooling-branch BatchNorm fails on 1-image training batches (+256 params).
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling: parallel 1x1, atrous 3x3 and image-pooling branches, projected.
 
@@ -124,17 +121,12 @@ class DeepLabV3PlusHead(nn.Module):
         return self.classifier(self.fuse(torch.cat([low, high], dim=1)))
 
 
-class FCNHead(nn.Module):
-    """3x3 conv-BN-ReLU to a quarter of the channels, dropout 0.1, 1x1 classifier, on the deepest features."""
+class FCNHead(TorchvisionFCNHead):
+    """torchvision's FCN head (3x3 conv-BN-ReLU to a quarter of the channels, dropout 0.1, 1x1 classifier),
+    on the deepest features."""
 
-    def __init__(self, in_ch: int, out_ch: int) -> None:
-        super().__init__()
-        hidden = max(in_ch // 4, 1)
-        self.block = nn.Sequential(conv_bn_relu(in_ch, hidden), nn.Dropout(0.1),
-                                   nn.Conv2d(hidden, out_ch, kernel_size=1))
-
-    def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
-        return self.block(features[-1])
+    def forward(self, features: List[torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(features[-1])
 
 
 class EncoderHeadModel(nn.Module):
@@ -143,9 +135,7 @@ class EncoderHeadModel(nn.Module):
     def __init__(self, model_name: str, in_channels: int, out_channels: int, encoder: str,
                  pretrained: bool, output_stride: Optional[int], default_stride: int) -> None:
         super().__init__()
-        if in_channels < 1 or out_channels < 1:
-            raise ValueError(f"{model_name}: in_channels and out_channels must be at least 1, "
-                             f"got {in_channels} and {out_channels}")
+        check_positive(model_name, in_channels=in_channels, out_channels=out_channels)
         check_encoder_name(encoder)
         if output_stride is None:
             supported = supported_output_strides(encoder)
@@ -164,17 +154,17 @@ class EncoderHeadModel(nn.Module):
         self.encoder.set_frozen(frozen)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_batch(x, self.in_channels, self.model_name)
+        check_input(x, self.in_channels, self.model_name)
         logits = self.head(self.encoder(x))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def _check_rates(model_name: str, rates: Tuple[int, ...]) -> Tuple[int, ...]:
-    """``rates`` as a tuple; ValueError when empty or not positive."""
+    """``rates`` as a tuple; ConfigError when empty or not positive."""
     if not rates or min(rates) < 1:
-        raise ValueError(f"{model_name}: aspp_rates needs at least one positive dilation rate, "
-                         f"got {list(rates)} (the paper uses [6, 12, 18] at output stride 16, "
-                         "[12, 24, 36] at 8)")
+        raise ConfigError(f"{model_name}: model.aspp_rates needs at least one positive dilation rate, "
+                          f"got {list(rates)} (the paper uses [6, 12, 18] at output stride 16, "
+                          "[12, 24, 36] at 8)")
     return tuple(rates)
 
 

@@ -38,7 +38,9 @@ from typing import Callable, Dict, List, Tuple
 import torch
 import torchvision
 from torch import nn
-from utils.errors import ModelInputError
+
+from models.common import check_positive
+from utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +85,6 @@ class Encoder(nn.Module):
         self.frozen = frozen
         self.requires_grad_(not frozen)
         self.train(self._train_requested)
-
-
-def check_image_batch(x: torch.Tensor, in_channels: int, model: str) -> None:
-    """Raise ValueError unless ``x`` is an (N, in_channels, H, W) batch."""
-    if x.ndim != 4 or x.shape[1] != in_channels:
-        raise ModelInputError(f"{model} expects input (N, {in_channels}, H, W), got {tuple(x.shape)}; "
-                              "check model.in_channels against the images")
 
 
 # ------------------------------------------------------------- pretrained weights
@@ -235,14 +230,14 @@ def supported_output_strides(name: str) -> Tuple[int, ...]:
 
 
 def check_encoder_name(name: str) -> None:
-    """Raise ValueError for an unsupported name, listing the valid ones and the closest match."""
+    """Raise ConfigError for an unsupported name, listing the valid ones and the closest match."""
     if name in _SPLITTERS:
         return
     message = f"unknown encoder {name!r}; valid encoders: {', '.join(ENCODERS)}"
     close = difflib.get_close_matches(str(name), ENCODERS, n=1)
     if close:
         message += f" (did you mean {close[0]!r}?)"
-    raise ValueError(message)
+    raise ConfigError(message)
 
 
 # torchvision's MobileNetV3 uses BatchNorm momentum 0.01 (TensorFlow's 0.99 decay), tuned for long
@@ -271,11 +266,10 @@ def build_encoder(name: str, in_channels: int = 3, pretrained: bool = False,
         output_stride: stride of the last feature map; 8 and 16 (dilated) for ResNets only.
     """
     check_encoder_name(name)
-    if in_channels < 1:
-        raise ValueError(f"encoder {name}: in_channels must be at least 1, got {in_channels}")
+    check_positive(f"encoder {name}", in_channels=in_channels)
     if output_stride not in supported_output_strides(name):
-        raise ValueError(f"encoder {name} supports output_stride {supported_output_strides(name)}, "
-                         f"got {output_stride}; dilated output strides 8 and 16 need a ResNet encoder")
+        raise ConfigError(f"encoder {name} supports output_stride {supported_output_strides(name)}, "
+                          f"got {output_stride}; dilated output strides 8 and 16 need a ResNet encoder")
     weights = local_weights(name) if pretrained else None  # fail before the costly construction
     model = torchvision.models.get_model(name, weights=None)
     if weights is not None:

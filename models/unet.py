@@ -33,30 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.encoders import STRIDES, build_encoder, check_image_batch
+from models.common import DoubleConv, check_input, check_positive, init_weights, pad_to
+from models.encoders import STRIDES, build_encoder
+from utils.errors import ConfigError
 from utils.registry import MODELS
-from utils.errors import ModelInputError
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
-
-
-class DoubleConv(nn.Module):
-    """(3x3 conv -> BatchNorm -> ReLU) twice; the spatial size is kept."""
-
-    def __init__(self, in_ch: int, out_ch: int, mid_ch: Optional[int] = None) -> None:
-        super().__init__()
-        mid_ch = mid_ch or out_ch
-        self.block = nn.Sequential(
-            nn.Conv2d(in_ch, mid_ch, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(mid_ch),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(mid_ch, out_ch, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(out_ch),
-            nn.ReLU(inplace=True),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
 
 
 class Down(nn.Module):
@@ -91,12 +73,7 @@ class Up(nn.Module):
             self.conv = DoubleConv(in_ch // 2 + skip_ch, out_ch)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = self.up(x)
-        dy = skip.shape[-2] - x.shape[-2]
-        dx = skip.shape[-1] - x.shape[-1]
-        # odd sizes upstream; negative values crop. Padded even when both are 0, so that a
-        # graph traced or exported at one input size stays valid at every other size.
-        x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
+        x = pad_to(self.up(x), skip.shape[-2:])  # odd sizes upstream; see pad_to
         return self.conv(torch.cat([skip, x], dim=1))
 
 
@@ -132,18 +109,6 @@ class DecoderBlock(nn.Module):
         return self.conv(x)
 
 
-def init_weights(module: nn.Module) -> None:
-    """Kaiming-normal convolutions (ReLU gain), unit BatchNorm, zero biases, throughout ``module``."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 @MODELS.register("unet")
 class UNet(nn.Module):
     """U-Net encoder-decoder returning raw logits of shape (N, out_channels, H, W).
@@ -172,26 +137,24 @@ class UNet(nn.Module):
                  pretrained: bool = False,
                  decoder_channels: Tuple[int, ...] = DECODER_CHANNELS) -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
-                            ("base_channels", base_channels), ("depth", depth)):
-            if value < 1:
-                raise ValueError(f"UNet: {name} must be at least 1, got {value}")
+        check_positive("UNet", in_channels=in_channels, out_channels=out_channels,
+                       base_channels=base_channels, depth=depth)
         self.in_channels = in_channels
         self.depth = depth
         if encoder is None:
             if pretrained or tuple(decoder_channels) != DECODER_CHANNELS:
-                raise ValueError("UNet: pretrained and decoder_channels need a backbone; "
-                                 "set model.encoder (e.g. resnet34) or remove them")
+                raise ConfigError("UNet: model.pretrained and model.decoder_channels need a backbone; "
+                                  "set model.encoder (e.g. resnet34) or remove them")
             self.encoder = None
             self._build_plain(in_channels, out_channels, base_channels, depth, bilinear)
         else:
             if (base_channels, depth, bilinear) != (64, 4, True):
-                raise ValueError(f"UNet: base_channels, depth and bilinear describe the plain encoder "
-                                 f"and do not apply with encoder={encoder!r}; remove them "
-                                 "(use decoder_channels to size the decoder)")
+                raise ConfigError(f"UNet: model.base_channels, model.depth and model.bilinear describe the "
+                                  f"plain encoder and do not apply with encoder={encoder!r}; remove them "
+                                  "(use model.decoder_channels to size the decoder)")
             if len(decoder_channels) != len(STRIDES) or min(decoder_channels) < 1:
-                raise ValueError(f"UNet: decoder_channels needs {len(STRIDES)} positive widths (one per "
-                                 f"encoder stage, deepest first), got {list(decoder_channels)}")
+                raise ConfigError(f"UNet: model.decoder_channels needs {len(STRIDES)} positive widths (one per "
+                                  f"encoder stage, deepest first), got {list(decoder_channels)}")
             self.encoder = build_encoder(encoder, in_channels, pretrained)
             self._build_backbone_decoder(self.encoder.out_channels, out_channels, decoder_channels)
 
@@ -230,26 +193,15 @@ class UNet(nn.Module):
     def set_encoder_frozen(self, frozen: bool) -> None:
         """Freeze (or unfreeze) the backbone: no gradients, BatchNorm statistics fixed (eval mode)."""
         if self.encoder is None:
-            raise ValueError("UNet without model.encoder has no pretrained backbone to freeze; "
-                             "set model.encoder or drop the encoder freezing")
+            raise ConfigError("UNet without model.encoder has no pretrained backbone to freeze; "
+                              "set model.encoder or remove train.freeze_encoder_epochs")
         self.encoder.set_frozen(frozen)
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise ValueError for a wrong rank, channel count or (plain encoder) a too-small image."""
-        check_image_batch(x, self.in_channels, "UNet")
-        if self.encoder is not None:
-            return
-        h, w = x.shape[-2:]
-        minimum = 2 ** self.depth
-        if h < minimum or w < minimum:
-            raise ModelInputError(f"UNet with depth {self.depth} needs inputs of at least {minimum}x{minimum} "
-                                  f"(each of the {self.depth} poolings halves the size), got {h}x{w}; "
-                                  f"resize/pad the images to at least {minimum} px per side or lower model.depth")
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
         if self.encoder is not None:
+            check_input(x, self.in_channels, "UNet")
             return self._decode(self.encoder(x), x.shape[-2:])
+        check_input(x, self.in_channels, "UNet", poolings=self.depth, depth_key="model.depth")
         x = self.inc(x)
         skips = [x]
         for down in self.downs:

@@ -20,9 +20,11 @@ X_De^4, X_En^5]`` (main first), evaluation mode the main tensor only.
 
 Classification-guided module (``classification_guided=True``): ``X_En^5`` ->
 dropout(0.5) -> 1x1 conv to 2 -> global max pool gives two "organ absent /
-present" logits, stored after every forward as ``self.last_cls_logits``
-``(N, 2)`` (train them with e.g. BCE-with-logits on one-hot image labels; the
-paper's sigmoid + argmax decision is ``argmax`` of these logits). In evaluation
+present" logits ``(N, 2)``. In training mode the model returns them with the
+segmentation logits in a :class:`utils.model_output.ClassGuidedOutput`;
+:class:`utils.losses.CombinedLoss` trains them with BCE-with-logits against
+one-hot "any foreground pixel" image labels (its "cls" term; the paper's
+sigmoid + argmax decision is ``argmax`` of these logits). In evaluation
 mode the decision masks the segmentation: the paper multiplies the
 probabilities by 0/1, which on logits means, for images judged absent,
 replacing the logits by constants whose probabilities are background
@@ -43,18 +45,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.unet import DoubleConv, init_weights
-from models.unetpp import check_input, check_positive
+from models.common import DoubleConv, check_input, check_positive, conv_bn_relu, init_weights
+from utils.model_output import ClassGuidedOutput, SegmentationLogits
 from utils.registry import MODELS
 
 LEVELS = 5  # encoder levels X_En^1 .. X_En^5
 MASKED_LOGIT = 30.0  # magnitude of the foreground logits forced by the CGM
-
-
-def conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
-    """3x3 conv (size kept) -> BatchNorm -> ReLU."""
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=False),
-                         nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
 
 
 def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -124,9 +120,11 @@ class UNet3Plus(nn.Module):
         deep_supervision: side heads on X_De^2..4 and X_En^5; training mode
             then returns the list ``[main, X_De^2, X_De^3, X_De^4, X_En^5]``
             of full-size logits, evaluation mode the main tensor only.
-        classification_guided: the classification-guided module; its logits
-            are kept in ``self.last_cls_logits`` and, in evaluation mode, images
-            it judges empty get background-only logits (see the module docstring).
+        classification_guided: the classification-guided module; training mode
+            then returns a :class:`utils.model_output.ClassGuidedOutput` (the
+            segmentation logits above and the (N, 2) class logits), and in
+            evaluation mode images it judges empty get background-only logits
+            (see the module docstring).
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base_channels: int = 64,
@@ -152,7 +150,6 @@ class UNet3Plus(nn.Module):
         if classification_guided:
             self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(widths[-1], 2, kernel_size=1),
                                             nn.AdaptiveMaxPool2d(1), nn.Flatten())
-        self.last_cls_logits: Optional[torch.Tensor] = None
         init_weights(self)
 
     def features(self, x: torch.Tensor) -> List[torch.Tensor]:
@@ -165,17 +162,19 @@ class UNet3Plus(nn.Module):
             deeper.insert(0, self.decoder[level](encoded[:level + 1] + deeper))
         return deeper
 
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
-        """Logits (N, out_channels, H, W); a list of them, main first, in training with deep supervision."""
-        check_input("UNet3Plus", x, self.in_channels)
+    def forward(self, x: torch.Tensor) -> Union[SegmentationLogits, ClassGuidedOutput]:
+        """Logits (N, out_channels, H, W). In training: the deep-supervision list (main first) instead when
+        it is on, and, with the CGM, a :class:`ClassGuidedOutput` holding those and the class logits."""
+        check_input(x, self.in_channels, "UNet3Plus", poolings=LEVELS - 1)
         maps = self.features(x)
-        n_outputs = len(self.heads) if self.training else 1
-        outputs = [upsample_to(head(m), x.shape[-2:]) for head, m in zip(self.heads[:n_outputs], maps)]
-        if self.classifier is not None:
-            self.last_cls_logits = self.classifier(maps[-1])
-            if not self.training:
-                present = self.last_cls_logits.argmax(dim=1) == 1
-                outputs = [mask_absent(out, present) for out in outputs]
-        if self.training and self.deep_supervision:
-            return outputs
-        return outputs[0]
+        if not self.training:
+            logits = upsample_to(self.heads[0](maps[0]), x.shape[-2:])
+            if self.classifier is not None:
+                present = self.classifier(maps[-1]).argmax(dim=1) == 1
+                logits = mask_absent(logits, present)
+            return logits
+        outputs = [upsample_to(head(m), x.shape[-2:]) for head, m in zip(self.heads, maps)]
+        logits = outputs if self.deep_supervision else outputs[0]
+        if self.classifier is None:
+            return logits
+        return ClassGuidedOutput(logits, self.classifier(maps[-1]))

@@ -9,7 +9,7 @@ skip pathways are nested and dense: every decoder node
 sees all earlier nodes of its own level and the upsampled node below it, so
 ``X^{0,1}``, ``X^{0,2}``, ``X^{0,3}`` and ``X^{0,4}`` are the outputs of U-Nets
 of depth 1, 2, 3 and 4 that share their encoder. Each block is VGG-style: two
-3x3 convolutions with BatchNorm and ReLU (:class:`models.unet.DoubleConv`).
+3x3 convolutions with BatchNorm and ReLU (:class:`models.common.DoubleConv`).
 
 Outputs (raw logits, the input's height and width):
 
@@ -38,42 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.unet import DoubleConv, init_weights
+from models.common import DoubleConv, check_input, check_positive, init_weights, pad_to
+from utils.errors import ConfigError
 from utils.registry import MODELS
-from utils.errors import ModelInputError
 
 LEVELS = 5  # encoder levels X^{0,0} .. X^{4,0}
-MIN_SIZE = 2 ** (LEVELS - 1)  # four 2x poolings
-
-
-def pad_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Zero-pad (or crop, where the difference is negative) the last two dims of ``x`` to ``size``, centred.
-
-    Pads even when the sizes already match, so that a graph traced or exported at
-    one input size stays valid at every other size.
-    """
-    dy = size[0] - x.shape[-2]
-    dx = size[1] - x.shape[-1]
-    return F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
-
-
-def check_input(model_name: str, x: torch.Tensor, in_channels: int, min_size: int = MIN_SIZE) -> None:
-    """Raise ValueError for a wrong rank, channel count or a side shorter than ``min_size``."""
-    if x.ndim != 4 or x.shape[1] != in_channels:
-        raise ModelInputError(f"{model_name} expects input (N, {in_channels}, H, W), got {tuple(x.shape)}; "
-                              "check model.in_channels against the images")
-    h, w = x.shape[-2:]
-    if h < min_size or w < min_size:
-        raise ModelInputError(f"{model_name} needs inputs of at least {min_size}x{min_size} (its 2x poolings "
-                              f"halve the size down to 1/{min_size}), got {h}x{w}; "
-                              f"resize or pad the images to at least {min_size} px per side")
-
-
-def check_positive(model_name: str, **values: int) -> None:
-    """Raise ValueError naming the first argument below 1."""
-    for name, value in values.items():
-        if value < 1:
-            raise ValueError(f"{model_name}: {name} must be at least 1, got {value}")
 
 
 class UpTo(nn.Module):
@@ -136,9 +105,9 @@ class UNetPlusPlus(nn.Module):
                        base_channels=base_channels)
         deepest = LEVELS - 1
         if not 1 <= prune_level <= deepest:
-            raise ValueError(f"UNetPlusPlus: prune_level must be in 1..{deepest}, got {prune_level}")
+            raise ConfigError(f"UNetPlusPlus: model.prune_level must be in 1..{deepest}, got {prune_level}")
         if prune_level < deepest and not deep_supervision:
-            raise ValueError(f"UNetPlusPlus: prune_level={prune_level} needs deep_supervision=True (only deep "
+            raise ConfigError(f"UNetPlusPlus: prune_level={prune_level} needs deep_supervision=True (only deep "
                              f"supervision trains the head on X^{{0,{prune_level}}}); set "
                              f"model.deep_supervision: true or model.prune_level: {deepest}")
         self.in_channels = in_channels
@@ -169,7 +138,7 @@ class UNetPlusPlus(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
         """Logits (N, out_channels, H, W); a list of them, main first, in training with deep supervision."""
-        check_input("UNetPlusPlus", x, self.in_channels)
+        check_input(x, self.in_channels, "UNetPlusPlus", poolings=LEVELS - 1)
         deepest = LEVELS - 1
         depth = deepest if self.training else self.prune_level
         top = self.grid(x, depth)[0]

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from utils.constants import IGNORE_INDEX
-from utils.losses import BCELoss, CombinedLoss, CrossEntropyLoss, DiceLoss, build_loss
+from utils.losses import BCELoss, CombinedLoss, CrossEntropyLoss, DiceLoss, build_loss, presence_bce
+from utils.model_output import ClassGuidedOutput
 from utils.registry import LOSSES
 
 I = IGNORE_INDEX
@@ -235,12 +236,12 @@ def test_combined_loss_is_weighted_sum_with_parts() -> None:
     logits, target = torch.randn(2, 1, 5, 5), torch.randint(0, 2, (2, 5, 5))
     bce, dice = BCELoss()(logits, target).item(), DiceLoss()(logits, target).item()
     combined = CombinedLoss([("bce", 2.0, BCELoss()), ("dice", 0.5, DiceLoss()), ("dice", 1.0, DiceLoss(smooth=0.0))])
-    total, parts = combined(logits, target)
+    total, loss_terms = combined(logits, target)
     dice0 = DiceLoss(smooth=0.0)(logits, target).item()
-    assert list(parts) == ["bce", "dice", "dice_1"]
-    assert parts["bce"] == pytest.approx(bce) and parts["dice"] == pytest.approx(dice)
-    assert parts["dice_1"] == pytest.approx(dice0)
-    assert all(isinstance(v, float) for v in parts.values())
+    assert list(loss_terms) == ["bce", "dice", "dice_1"]
+    assert loss_terms["bce"] == pytest.approx(bce) and loss_terms["dice"] == pytest.approx(dice)
+    assert loss_terms["dice_1"] == pytest.approx(dice0)
+    assert all(isinstance(v, float) for v in loss_terms.values())
     assert total.item() == pytest.approx(2.0 * bce + 0.5 * dice + dice0)
 
 
@@ -252,7 +253,7 @@ def test_build_loss_from_specs() -> None:
     assert isinstance(criterion.losses[0], BCELoss) and criterion.losses[0].pos_weight == 3.0
     assert isinstance(criterion.losses[1], DiceLoss) and criterion.losses[1].smooth == 0.5
     logits = torch.zeros(1, 1, 2, 2, requires_grad=True)
-    total, parts = criterion(logits, torch.tensor([[[1, 0], [0, 1]]]))
+    total, loss_terms = criterion(logits, torch.tensor([[[1, 0], [0, 1]]]))
     total.backward()
     assert total.item() == pytest.approx(2.0 * (2 * 3 * math.log(2) + 2 * math.log(2)) / 4 + (1 - 2.5 / 4.5))
     assert logits.grad is not None
@@ -271,3 +272,60 @@ def test_build_loss_errors() -> None:
 
 def test_registry_names() -> None:
     assert {"bce", "ce", "dice"} <= set(LOSSES.names())
+
+
+# --------------------------------------------------------------------- model outputs: precision, CGM
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_combined_loss_casts_low_precision_outputs_to_float32(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    low = (torch.randn(2, 1, 6, 6) * 3).to(dtype).requires_grad_()
+    target = torch.randint(0, 2, (2, 6, 6))
+    criterion = build_loss([{"name": "bce"}, {"name": "dice"}])
+    total, loss_terms = criterion(low, target)
+    reference, _ = criterion(low.detach().float(), target)
+    assert total.dtype == torch.float32 and total.item() == reference.item()
+    total.backward()
+    assert low.grad is not None and low.grad.dtype == dtype
+    ds_total, _ = criterion([low, low[..., :3, :3]], target)  # each list entry is cast (and resized)
+    assert ds_total.dtype == torch.float32
+
+
+def test_presence_bce_hand_computed_with_ignored_pixels() -> None:
+    # image 0: a foreground pixel -> present; image 1: background and ignored pixels only -> absent
+    target = torch.tensor([[[0, 1], [0, 0]], [[0, I], [I, 0]]])
+    cls_logits = torch.tensor([[0.5, 2.0], [-1.0, 3.0]])  # [absent, present]
+    expected = (bce_neg(0.5) + bce_pos(2.0) + bce_pos(-1.0) + bce_neg(3.0)) / 4
+    assert close(presence_bce(cls_logits, target), expected)
+    with pytest.raises(ValueError, match=r"cls: expected class logits \(N, 2\) for a target of 2 images, got \(2, 3\)"):
+        presence_bce(torch.zeros(2, 3), target)
+
+
+@pytest.mark.parametrize("deep_supervision", [False, True])
+def test_combined_loss_adds_the_cls_term_for_class_guided_outputs(deep_supervision: bool) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 4, 4)
+    seg = [logits, torch.randn(2, 1, 2, 2)] if deep_supervision else logits
+    target = torch.tensor([[[0, 1, 0, 0]] * 4, [[0, 0, 0, I]] * 4])
+    cls_logits = torch.tensor([[0.5, 2.0], [-1.0, 3.0]], dtype=torch.bfloat16, requires_grad=True)
+    criterion = build_loss([{"name": "bce"}])
+    seg_total, seg_terms = criterion(seg, target)
+    total, loss_terms = criterion(ClassGuidedOutput(seg, cls_logits), target)
+    cls = (bce_neg(0.5) + bce_pos(2.0) + bce_pos(-1.0) + bce_neg(3.0)) / 4
+    assert list(loss_terms) == list(seg_terms) + ["cls"]
+    assert loss_terms["cls"] == pytest.approx(cls, abs=1e-5)
+    assert total.item() == pytest.approx(seg_total.item() + cls, abs=1e-5)
+    total.backward()
+    assert cls_logits.grad is not None and cls_logits.grad.abs().sum() > 0
+
+
+def test_class_guided_output_float_casts_every_tensor() -> None:
+    half = ClassGuidedOutput([torch.ones(1, 1, 2, 2, dtype=torch.float16)] * 2, torch.zeros(1, 2, dtype=torch.bfloat16))
+    out = half.float()
+    assert [o.dtype for o in out.logits] == [torch.float32] * 2 and out.cls_logits.dtype == torch.float32
+
+
+def test_combined_loss_rejects_other_outputs() -> None:
+    with pytest.raises(TypeError, match="expected a logits tensor, a list of them or a ClassGuidedOutput, got dict"):
+        build_loss([{"name": "bce"}])({"out": torch.zeros(1, 1, 2, 2)}, torch.zeros(1, 2, 2, dtype=torch.long))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.ops import sigmoid_focal_loss
 
 from tests.conftest import minimal_config
 from utils.config import ConfigError, config_from_dict
@@ -90,6 +91,28 @@ def test_focal_gamma_zero_is_cross_entropy() -> None:
     ref = F.binary_cross_entropy_with_logits(binary[:, 0], target2.float())
     assert torch.allclose(FocalLoss(gamma=0.0)(binary, target2), ref, atol=1e-6)
     assert torch.allclose(FocalLoss(gamma=0.0)(multi, target4), F.cross_entropy(multi, target4), atol=1e-6)
+
+
+def test_binary_focal_matches_torchvision_on_labelled_pixels() -> None:
+    """The sigmoid case equals torchvision.ops.sigmoid_focal_loss averaged over the labelled pixels."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 8, 8) * 4
+    target = torch.randint(0, 2, (2, 8, 8))
+    target[:, 0] = I
+    valid = (target != I).unsqueeze(1)
+    labels = torch.where(target == I, 0, target).unsqueeze(1).float()
+    for gamma, alpha in ((2.0, 0.25), (0.5, None), (0.0, None)):
+        theirs = sigmoid_focal_loss(logits, labels, alpha=-1 if alpha is None else alpha, gamma=gamma)
+        ours = FocalLoss(gamma=gamma, alpha=alpha)(logits, target)
+        assert torch.allclose(ours, theirs[valid].mean(), atol=1e-6)
+
+
+def test_focal_gradient_finite_for_small_gamma_at_saturated_logits() -> None:
+    """Why ours and not torchvision's: its (1 - p_t) ** gamma has a NaN gradient there for gamma < 1."""
+    logits = torch.tensor([[[[20.0, -20.0, 0.3]]]], requires_grad=True)
+    FocalLoss(gamma=0.5)(logits, torch.tensor([[[1, 0, 1]]])).backward()
+    assert torch.isfinite(logits.grad).all()
+    assert logits.grad[0, 0, 0, 2] < 0 and logits.grad[0, 0, 0, :2].abs().max() < 1e-12
 
 
 def test_focal_down_weights_easy_pixels() -> None:
@@ -444,11 +467,11 @@ def test_deep_supervision_equal_weights_by_default() -> None:
     target = torch.randint(0, 2, (2, 6, 6))
     criterion, reference = combined_and_reference()
     per_output = [reference(o, target) for o in outputs]
-    total, parts = criterion(outputs, target)
+    total, loss_terms = criterion(outputs, target)
     assert total.item() == pytest.approx(sum(per_output) / 3, rel=1e-6)
-    assert list(parts) == ["bce", "dice", "ds_0", "ds_1", "ds_2"]
-    assert parts["bce"] == pytest.approx(BCELoss()(outputs[0], target).item())  # terms of the main output
-    assert [parts[f"ds_{k}"] for k in range(3)] == pytest.approx(per_output, rel=1e-6)
+    assert list(loss_terms) == ["bce", "dice", "ds_0", "ds_1", "ds_2"]
+    assert loss_terms["bce"] == pytest.approx(BCELoss()(outputs[0], target).item())  # terms of the main output
+    assert [loss_terms[f"ds_{k}"] for k in range(3)] == pytest.approx(per_output, rel=1e-6)
     total.backward()
     assert all(o.grad is not None and o.grad.abs().sum() > 0 for o in outputs)
 
@@ -462,13 +485,13 @@ def test_deep_supervision_given_weights_are_normalised() -> None:
     assert criterion.deep_supervision_weights == [0.5, 0.25, 0.25]
     expected = 0.5 * reference(outputs[0], target) + 0.25 * (reference(outputs[1], target)
                                                               + reference(outputs[2], target))
-    total, parts = criterion(outputs, target)
+    total, loss_terms = criterion(outputs, target)
     assert total.item() == pytest.approx(expected, rel=1e-6)
-    assert total.item() == pytest.approx(sum(w * parts[f"ds_{k}"] for k, w in enumerate([0.5, 0.25, 0.25])))
+    assert total.item() == pytest.approx(sum(w * loss_terms[f"ds_{k}"] for k, w in enumerate([0.5, 0.25, 0.25])))
     # a single tensor (evaluation mode) ignores the deep-supervision weights
-    single, single_parts = criterion(outputs[0], target)
+    single, single_terms = criterion(outputs[0], target)
     assert single.item() == pytest.approx(reference(outputs[0], target), rel=1e-6)
-    assert list(single_parts) == ["bce", "dice"]
+    assert list(single_terms) == ["bce", "dice"]
 
 
 def test_deep_supervision_resizes_outputs_to_the_target() -> None:
@@ -476,10 +499,10 @@ def test_deep_supervision_resizes_outputs_to_the_target() -> None:
     target = torch.randint(0, 3, (2, 8, 8))
     outputs = [torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 4), torch.randn(2, 3, 2, 2)]
     criterion = build_loss([{"name": "ce"}])
-    total, parts = criterion(outputs, target)
+    total, loss_terms = criterion(outputs, target)
     for k, out in enumerate(outputs):
         up = F.interpolate(out, size=(8, 8), mode="bilinear", align_corners=False)
-        assert parts[f"ds_{k}"] == pytest.approx(F.cross_entropy(up, target).item(), rel=1e-6)
+        assert loss_terms[f"ds_{k}"] == pytest.approx(F.cross_entropy(up, target).item(), rel=1e-6)
     # a constant 1x1 map upsamples to the same constant everywhere
     constant = build_loss([{"name": "bce"}])([torch.full((1, 1, 1, 1), 0.7)], torch.ones(1, 5, 5, dtype=torch.long))
     assert constant[0].item() == pytest.approx(math.log(1 + math.exp(-0.7)), rel=1e-6)

@@ -8,6 +8,8 @@ from torch import nn
 
 import models
 from models import UNet, build_model
+from models.common import check_input, pad_to
+from utils.errors import ConfigError, ModelInputError
 from utils.registry import MODELS
 
 
@@ -75,12 +77,17 @@ class ModelTester:
         m = self.min_size
         with torch.no_grad():
             assert model(torch.randn(1, 3, m, m + 3)).shape == (1, 1, m, m + 3)
-        with pytest.raises(ValueError, match=f"at least {m}x{m}.*got {m - 1}x{m + 3}"):
+        with pytest.raises(ModelInputError, match=f"at least {m}x{m}.*got {m - 1}x{m + 3}; resize or pad"):
             model(torch.randn(1, 3, m - 1, m + 3))
 
     def test_wrong_input_channels_raise(self) -> None:
-        with pytest.raises(ValueError, match=r"expects input \(N, 3, H, W\), got \(1, 4, 32, 32\)"):
+        with pytest.raises(ModelInputError, match=r"expects input \(N, 3, H, W\), got \(1, 4, 32, 32\); "
+                                                  r"check model.in_channels"):
             self.build()(torch.randn(1, 4, 32, 32))
+
+    def test_wrong_rank_raises(self) -> None:
+        with pytest.raises(ModelInputError, match=r"expects input \(N, 3, H, W\), got \(3, 32, 32\)"):
+            self.build()(torch.randn(3, 32, 32))
 
 
 class TestUNetBilinear(ModelTester):
@@ -150,14 +157,38 @@ def test_convolutions_are_kaiming_initialised() -> None:
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"depth": 0}, "depth must be at least 1, got 0"),
-    ({"base_channels": 0}, "base_channels must be at least 1"),
-    ({"in_channels": 0}, "in_channels must be at least 1"),
-    ({"out_channels": 0}, "out_channels must be at least 1"),
+    ({"depth": 0}, "UNet: model.depth must be at least 1, got 0; set model.depth to a positive integer"),
+    ({"base_channels": 0}, "model.base_channels must be at least 1"),
+    ({"in_channels": 0}, "model.in_channels must be at least 1"),
+    ({"out_channels": 0}, "model.out_channels must be at least 1"),
 ])
 def test_bad_arguments_raise(kwargs: Dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         UNet(**kwargs)
+
+
+# ------------------------------------------------------------- the shared input check and padding
+
+
+def test_unet_size_error_offers_a_lower_depth() -> None:
+    model = UNet(base_channels=4, depth=3).eval()
+    with pytest.raises(ModelInputError, match=r"UNet needs inputs of at least 8x8 \(each of its 3 2x poolings "
+                                              r"halves the size\), got 8x7; .* or lower model.depth"):
+        model(torch.randn(1, 3, 8, 7))
+
+
+def test_check_input_without_poolings_takes_any_size() -> None:
+    check_input(torch.randn(2, 5, 1, 1), 5, "M")
+    with pytest.raises(ModelInputError, match=r"M needs inputs of at least 4x4 .*got 3x9; resize or pad the "
+                                              r"images to at least 4 px per side$"):
+        check_input(torch.randn(2, 5, 3, 9), 5, "M", poolings=2)
+
+
+def test_pad_to_centres_pads_and_crops() -> None:
+    x = torch.arange(6.0).view(1, 1, 2, 3)
+    padded = pad_to(x, (3, 4))  # one row below, one column right (the odd pixel goes after)
+    assert torch.equal(padded[0, 0], torch.tensor([[0.0, 1, 2, 0], [3, 4, 5, 0], [0, 0, 0, 0]]))
+    assert torch.equal(pad_to(x, (2, 1))[0, 0], torch.tensor([[1.0], [4.0]]))  # negative: crops centred
 
 
 def test_registry_builds_unet() -> None:

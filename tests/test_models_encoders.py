@@ -14,6 +14,7 @@ from torch import nn
 from models import FCN, DeepLabV3, DeepLabV3Plus, UNet
 from models.encoders import ENCODERS, build_encoder
 from tests.test_models import ModelTester, bn, conv, double_conv, n_params
+from utils.errors import ConfigError
 from utils.registry import MODELS
 
 RESNET18_FILE = "resnet18-f37072fd.pth"
@@ -158,7 +159,7 @@ def test_deeplab_output_stride_reaches_the_encoder() -> None:
     lambda: DeepLabV3(encoder="resnet43"),
 ])
 def test_unknown_encoder_lists_valid_names(call: Any) -> None:
-    with pytest.raises(ValueError, match=r"unknown encoder 'resnet43'; valid encoders: efficientnet_b0, .*"
+    with pytest.raises(ConfigError, match=r"unknown encoder 'resnet43'; valid encoders: efficientnet_b0, .*"
                                          r"mobilenet_v3_large, .*resnet18, .*\(did you mean 'resnet34'\?\)"):
         call()
 
@@ -176,12 +177,12 @@ def test_unknown_encoder_lists_valid_names(call: Any) -> None:
     (lambda: FCN(encoder="resnet18", out_channels=0), "must be at least 1"),
 ])
 def test_bad_arguments_raise(call: Any, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         call()
 
 
 def test_plain_unet_has_no_encoder_to_freeze() -> None:
-    with pytest.raises(ValueError, match="without model.encoder"):
+    with pytest.raises(ConfigError, match="without model.encoder"):
         UNet(base_channels=4, depth=2).set_encoder_frozen(True)
 
 

@@ -9,31 +9,33 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import UNet3Plus, UNetPlusPlus, build_model
-from models.unet import DoubleConv
+from models.common import DoubleConv
 from models.unet3p import MASKED_LOGIT, mask_absent
 from tests.conftest import minimal_config
 from tests.test_models import ModelTester, bn, conv, double_conv, n_params
 from utils.config import ConfigError, config_from_dict
+from utils.losses import build_loss
+from utils.model_output import ClassGuidedOutput
 
 
 def as_list(outputs: Any) -> List[torch.Tensor]:
+    """The segmentation logits of a training-mode output, as a list (main first)."""
+    if isinstance(outputs, ClassGuidedOutput):
+        outputs = outputs.logits
     return outputs if isinstance(outputs, list) else [outputs]
 
 
-def training_loss(model: nn.Module, outputs: Any, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy summed over every segmentation output, plus BCE on the CGM logits when the model has them."""
-    loss = sum(F.cross_entropy(out, target) for out in as_list(outputs))
-    cls_logits = getattr(model, "last_cls_logits", None)
-    if cls_logits is not None:
-        present = (target > 0).flatten(1).any(dim=1).long()
-        loss = loss + F.binary_cross_entropy_with_logits(cls_logits, F.one_hot(present, 2).float())
-    return loss
+def training_loss(outputs: Any, target: torch.Tensor) -> torch.Tensor:
+    """What train.py backpropagates: cross-entropy over every output, plus the "cls" BCE of CGM outputs."""
+    total, _ = build_loss([{"name": "ce"}])(outputs, target)
+    return total
 
 
 class ZooTester(ModelTester):
     """The shared tester; its training loss also covers deep-supervision lists and CGM logits."""
 
     train_outputs = 1  # how many logits training mode returns
+    class_guided = False  # training mode returns a ClassGuidedOutput
 
     def build_for_training(self, **overrides: Any) -> nn.Module:
         return self.build(**overrides)
@@ -42,7 +44,7 @@ class ZooTester(ModelTester):
         model = self.build_for_training(out_channels=2).train()
         torch.manual_seed(1)
         target = torch.randint(0, 2, (2, 35, 33))
-        training_loss(model, model(torch.randn(2, 3, 35, 33)), target).backward()
+        training_loss(model(torch.randn(2, 3, 35, 33)), target).backward()
         for name, p in model.named_parameters():
             assert p.grad is not None, name
             assert torch.isfinite(p.grad).all(), name
@@ -52,6 +54,10 @@ class ZooTester(ModelTester):
         model = self.build(out_channels=2).train()
         x = torch.randn(2, 3, 37, 45)
         outputs = model(x)
+        assert isinstance(outputs, ClassGuidedOutput) == self.class_guided
+        if self.class_guided:
+            assert outputs.cls_logits.shape == (2, 2)
+            outputs = outputs.logits
         assert isinstance(outputs, list) == (self.train_outputs > 1)
         assert [o.shape for o in as_list(outputs)] == [(2, 2, 37, 45)] * self.train_outputs
         for side in as_list(outputs)[1:]:
@@ -83,6 +89,7 @@ class TestUNet3PlusDeepSupervisionCGM(ZooTester):
     name = "unet3p"
     kwargs = {"base_channels": 8, "deep_supervision": True, "classification_guided": True}
     train_outputs = 5
+    class_guided = True
 
     def build(self, **overrides: Any) -> nn.Module:
         model = super().build(**overrides)
@@ -173,7 +180,7 @@ def test_unetpp_transposed_upsampling_odd_size_and_gradients() -> None:
     assert sum(isinstance(m, nn.ConvTranspose2d) for m in model.modules()) == 10  # one per nested node
     outputs = model(torch.randn(2, 3, 37, 19))
     assert [o.shape for o in outputs] == [(2, 2, 37, 19)] * 4
-    training_loss(model, outputs, torch.randint(0, 2, (2, 37, 19))).backward()
+    training_loss(outputs, torch.randint(0, 2, (2, 37, 19))).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
@@ -209,10 +216,11 @@ def cgm_and_plain(present: bool, out_channels: int = 1) -> List[nn.Module]:
 @pytest.mark.parametrize("out_channels", [1, 3])
 def test_cgm_absent_masks_the_foreground_in_eval(out_channels: int) -> None:
     cgm, _ = cgm_and_plain(present=False, out_channels=out_channels)
+    x = torch.randn(2, 3, 33, 40)
     with torch.no_grad():
-        out = cgm.eval()(torch.randn(2, 3, 33, 40))
-    assert out.shape == (2, out_channels, 33, 40)
-    assert torch.equal(cgm.last_cls_logits, torch.tensor([[100.0, -100.0]] * 2))
+        out = cgm.eval()(x)
+        assert torch.equal(cgm.classifier(cgm.features(x)[-1]), torch.tensor([[100.0, -100.0]] * 2))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, out_channels, 33, 40)
     foreground = out if out_channels == 1 else out[:, 1:]
     assert (foreground == -MASKED_LOGIT).all()
     if out_channels > 1:
@@ -226,13 +234,29 @@ def test_cgm_present_keeps_the_logits_in_eval() -> None:
         torch.testing.assert_close(cgm.eval()(x), plain.eval()(x))
 
 
-def test_cgm_never_masks_in_training_and_exposes_cls_logits() -> None:
+def test_cgm_never_masks_in_training_and_returns_cls_logits() -> None:
     cgm, plain = cgm_and_plain(present=False)
     x = torch.randn(2, 3, 33, 40)
     out = cgm.train()(x)
-    torch.testing.assert_close(out, plain.train()(x))
-    assert cgm.last_cls_logits.shape == (2, 2) and cgm.last_cls_logits.requires_grad
-    assert plain.last_cls_logits is None
+    assert isinstance(out, ClassGuidedOutput)
+    torch.testing.assert_close(out.logits, plain.train()(x))
+    torch.testing.assert_close(out.cls_logits, torch.tensor([[100.0, -100.0]] * 2))
+    assert out.cls_logits.requires_grad
+    assert isinstance(plain(x), torch.Tensor)
+
+
+def test_cgm_output_trains_the_classifier_through_the_combined_loss() -> None:
+    torch.manual_seed(0)
+    model = UNet3Plus(base_channels=4, out_channels=2, deep_supervision=True, classification_guided=True).train()
+    target = torch.zeros(2, 32, 32, dtype=torch.long)
+    target[0, 3:9, 4:7] = 1  # image 0 holds foreground, image 1 none
+    outputs = model(torch.randn(2, 3, 32, 32))
+    total, loss_terms = build_loss([{"name": "ce"}])(outputs, target)
+    cls = F.binary_cross_entropy_with_logits(outputs.cls_logits, torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+    assert list(loss_terms) == ["ce", "ds_0", "ds_1", "ds_2", "ds_3", "ds_4", "cls"]
+    assert loss_terms["cls"] == pytest.approx(cls.item())
+    total.backward()
+    assert model.classifier[1].weight.grad.abs().sum() > 0
 
 
 # ------------------------------------------------------------- parameter counts vs the papers
@@ -282,15 +306,15 @@ def test_unet3p_param_count_matches_the_paper() -> None:
 
 
 @pytest.mark.parametrize("cls, kwargs, message", [
-    (UNetPlusPlus, {"prune_level": 0}, r"prune_level must be in 1..4, got 0"),
-    (UNetPlusPlus, {"prune_level": 5, "deep_supervision": True}, r"prune_level must be in 1..4, got 5"),
+    (UNetPlusPlus, {"prune_level": 0}, r"model.prune_level must be in 1..4, got 0"),
+    (UNetPlusPlus, {"prune_level": 5, "deep_supervision": True}, r"model.prune_level must be in 1..4, got 5"),
     (UNetPlusPlus, {"prune_level": 2}, r"prune_level=2 needs deep_supervision=True"),
-    (UNetPlusPlus, {"base_channels": 0}, r"UNetPlusPlus: base_channels must be at least 1, got 0"),
-    (UNet3Plus, {"out_channels": 0}, r"UNet3Plus: out_channels must be at least 1, got 0"),
-    (UNet3Plus, {"in_channels": -1}, r"UNet3Plus: in_channels must be at least 1, got -1"),
+    (UNetPlusPlus, {"base_channels": 0}, r"UNetPlusPlus: model.base_channels must be at least 1, got 0"),
+    (UNet3Plus, {"out_channels": 0}, r"UNet3Plus: model.out_channels must be at least 1, got 0"),
+    (UNet3Plus, {"in_channels": -1}, r"UNet3Plus: model.in_channels must be at least 1, got -1"),
 ])
 def test_bad_arguments_raise(cls: type, kwargs: Dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         cls(**kwargs)
 
 
