@@ -34,7 +34,6 @@ from utils.builders import (build_criterion, build_datasets, build_loaders, buil
 from utils.checkpoint import inference_state, save_checkpoint
 from utils.cli import EXIT_INTERRUPTED, add_config_arguments, guarded, log_to_file, setup_logging
 from utils.config import Config, load_config, save_config
-from utils.constants import IGNORE_INDEX
 from utils.distributed import DistInfo, any_rank, init_distributed
 from utils.distributed import cleanup as cleanup_distributed
 from utils.ema import ModelEMA
@@ -152,8 +151,7 @@ def train_rounds(state: TrainState, plan: RoundPlan, train_loader: DataLoader, v
             index = state.round + 1
             seed_everything(round_seed(cfg.seed, index, dist.rank))
             batches = round_batches(train_loader, cfg.seed, index)
-            stats = resume_round(interrupted, index, batches, cfg.train.accumulate)
-            interrupted = None
+            stats, interrupted = resume_round(interrupted, index, batches, cfg.train.accumulate), None
             if cfg.train.freeze_encoder_epochs:
                 state.model.set_encoder_frozen(state.step < cfg.train.freeze_encoder_epochs * plan.steps_per_epoch)
             stats = train_one_round(state, batches, plan.steps_in(index), stats, stop, plan.label(index),
@@ -228,12 +226,7 @@ def accumulate_gradients(state: TrainState, batches: Batches) -> Tuple[float, Di
         with sync:
             with autocast(device, amp):
                 outputs = state.wrapped(images)
-            outputs = [o.float() for o in outputs] if isinstance(outputs, (list, tuple)) else outputs.float()
-            loss, loss_terms = state.criterion(outputs, masks)
-            cls_loss = classification_guidance_loss(state.model, masks)
-            if cls_loss is not None:
-                loss = loss + cls_loss
-                loss_terms = {**loss_terms, "cls": cls_loss.item()}
+            loss, loss_terms = state.criterion(outputs, masks)  # float32 losses, the CGM "cls" term included
             state.scaler.scale(loss / accumulate).backward()
         value = loss.item()
         if not np.isfinite(value) and bad_loss is None:
@@ -245,16 +238,6 @@ def accumulate_gradients(state: TrainState, batches: Batches) -> Tuple[float, Di
     return total, terms, seen, bad_loss
 
 
-def classification_guidance_loss(model: torch.nn.Module, masks: torch.Tensor) -> Optional[torch.Tensor]:
-    """BCE for a classification-guided head (UNet 3+ CGM): does the image hold any foreground?"""
-    cls_logits = getattr(model, "last_cls_logits", None)
-    if cls_logits is None:
-        return None
-    present = ((masks > 0) & (masks != IGNORE_INDEX)).flatten(1).any(dim=1).long()
-    target = torch.nn.functional.one_hot(present, 2).to(cls_logits.dtype)
-    return torch.nn.functional.binary_cross_entropy_with_logits(cls_logits.float(), target)
-
-
 def validate(state: TrainState, plan: RoundPlan, index: int, stats: RoundStats, val_loader: DataLoader,
              dist: DistInfo) -> Tuple[Dict[str, Any], List[np.ndarray], bool]:
     """After round ``index``: its record (with validation metrics when due), preview rows, and whether best."""
@@ -263,8 +246,7 @@ def validate(state: TrainState, plan: RoundPlan, index: int, stats: RoundStats, 
     loss, loss_terms = stats.means_over_ranks(state.device)
     record = round_record(index, state.step, loss, loss_terms, state.optimizer.param_groups[0]["lr"],
                           stats.images_per_s(dist.world_size), not plan.iteration_mode)
-    preview_rows: List[np.ndarray] = []
-    new_best = False
+    preview_rows, new_best = [], False
     if plan.validates_after(index):
         state.share_buffers()
         names, palette = class_names_and_palette(cfg)
