@@ -397,6 +397,22 @@ def test_data_check_entry_point_names_the_missing_root(tmp_path: Path) -> None:
                "python train.py --config CONFIG --check-data")
 
 
+def test_preview_augmentations_writes_the_grid_and_names_a_broken_image(tmp_path: Path) -> None:
+    """``train.py --preview-augmentations OUT`` writes the grid and trains nothing; a broken image is one line."""
+    root = make_pairs(tmp_path / "data")
+    cfg = write_config(tmp_path, root)
+    out = tmp_path / "sheet.png"
+    args = train_cmd("--config", str(cfg), "--preview-augmentations", str(out), "--preview-num", "4",
+                     "--set", "data.val_fraction=0.0")
+    status, output = run_entry(args, tmp_path)
+    assert status == 0, output
+    sheet = np.array(Image.open(out))
+    assert sheet.ndim == 3 and sheet.shape[2] == 3 and sheet.shape[1] > sheet.shape[0]  # 4 pairs side by side
+    assert f"wrote {out}" in output and not (tmp_path / "ck").exists()  # nothing trained
+    needle = _text_named_png(root)
+    error_line(run_entry(args, tmp_path), needle.split(":")[0], "cannot read image")
+
+
 def test_debug_shows_the_traceback_of_a_user_error(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, make_pairs(tmp_path / "data"), train={"batch_size": 64})
     status, output = run_entry(train_cmd("--config", str(cfg), "--debug"), tmp_path)
