@@ -118,7 +118,7 @@ def start(cfg: Config, resume: Optional[str], overwrite: bool, dist: DistInfo,
     seed_everything(round_seed(cfg.seed, 0, dist.rank))
     check_run_folder(cfg.run_dir, resume, overwrite, cfg.source)
     check_data_at_start(cfg, progress=cfg.train.progress and dist.is_main)
-    train_ds, val_ds = build_datasets(cfg)
+    train_ds, val_ds = build_datasets(cfg, dist.world_size)
     train_loader, val_loader = build_loaders(cfg, train_ds, val_ds, device, dist)
     plan = make_plan(cfg, len(train_loader))
     model = prepare_model(cfg, device, dist)
@@ -134,7 +134,7 @@ def start(cfg: Config, resume: Optional[str], overwrite: bool, dist: DistInfo,
         log_to_file(cfg.run_dir / "train.log")
         save_config(cfg, cfg.run_dir / "config.yaml")
     log.info(run_header(cfg, f"{device}" + (f" x {dist.world_size} processes" if dist.distributed else ""),
-                        len(train_ds), len(val_ds), model, plan.length, resolve_amp(cfg.train.amp, device, warn=False)))
+                        len(getattr(train_ds, "cases", train_ds)), len(val_ds), model, plan.length, resolve_amp(cfg.train.amp, device, warn=False)))
     return state, plan, train_loader, val_loader, interrupted
 
 

@@ -16,10 +16,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
 from datasets.check import (DATA_CHECK_CACHE, SPLITS, TRAINING_SPLITS, CheckReport, check_before_training,
                             check_dataset)
+from datasets.patches import PatchDataset
 from utils.class_stats import CLASS_STATS_FILE, cached_class_counts, class_weights, format_weights
 from utils.config import Config
 from utils.distributed import DistInfo, ShardSampler
@@ -35,9 +36,19 @@ from utils.visualize import default_palette, save_png
 log = logging.getLogger("train")
 
 
-def build_datasets(cfg: Config) -> Tuple[Dataset, Dataset]:
+def build_datasets(cfg: Config, world_size: int = 1) -> Tuple[Dataset, Dataset]:
+    """The train and val datasets; with ``data.sampling: patch`` the train set draws random patches of its
+    cases, ``train.iterations_per_epoch`` optimizer steps of them per epoch (over all processes)."""
     kwargs = cfg.dataset_kwargs()
-    train_ds = DATASETS.build(cfg.data.name, split="train", transforms=build_transforms(cfg.transforms.train), **kwargs)
+    train_transforms = build_transforms(cfg.transforms.train)
+    if cfg.data.sampling == "patch":
+        t = cfg.train
+        cases = DATASETS.build(cfg.data.name, split="train", transforms=None, **kwargs)
+        train_ds: Dataset = PatchDataset(cases, cfg.data.patch_size, t.iterations_per_epoch * t.batch_size *
+                                         t.accumulate * world_size, t.batch_size, cfg.data.num_classes,
+                                         cfg.data.foreground_oversampling, train_transforms)
+    else:
+        train_ds = DATASETS.build(cfg.data.name, split="train", transforms=train_transforms, **kwargs)
     val_ds = DATASETS.build(cfg.data.name, split="val", transforms=build_transforms(cfg.transforms.val), **kwargs)
     return train_ds, val_ds
 
@@ -61,6 +72,7 @@ def build_loaders(cfg: Config, train_ds: Dataset, val_ds: Dataset, device: torch
     :class:`ShardSampler`, which never repeats a sample.
     """
     dist = dist or DistInfo()
+    patches = isinstance(train_ds, PatchDataset)  # random patches: the order is fixed, so batches keep their share
     per_process = len(train_ds) // dist.world_size
     if per_process < cfg.train.batch_size:
         share = "" if dist.world_size == 1 else f", {per_process} per process for {dist.world_size} processes"
@@ -72,12 +84,13 @@ def build_loaders(cfg: Config, train_ds: Dataset, val_ds: Dataset, device: torch
                                   persistent_workers=workers > 0)
     generator = torch.Generator().manual_seed(cfg.seed)  # reseeded each round by round_batches
     if dist.distributed:
-        order: Sampler = DistributedSampler(train_ds, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
-                                            seed=cfg.seed, drop_last=True)
+        order: Sampler = DistributedSampler(train_ds, num_replicas=dist.world_size, rank=dist.rank,
+                                            shuffle=not patches, seed=cfg.seed, drop_last=True)
         val_loader = DataLoader(val_ds, batch_size=cfg.train.val_batch_size,
                                 sampler=ShardSampler(val_ds, dist.rank, dist.world_size), **common)
     else:
-        order = RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed))
+        order = (SequentialSampler(train_ds) if patches
+                 else RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed)))
         val_loader = DataLoader(val_ds, batch_size=cfg.train.val_batch_size, shuffle=False, **common)
     train_loader = DataLoader(SeededDataset(train_ds), batch_size=cfg.train.batch_size,
                               sampler=SeededSampler(order, dist.rank), drop_last=True, generator=generator, **common)

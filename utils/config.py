@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
 import logging
 import os
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +36,7 @@ import yaml
 from utils.errors import ConfigError
 from utils.fileio import write_text
 from utils.mask_mapping import parse_mask_mapping
+from utils.typecheck import TypeMismatch, check_type, describe_type, describe_value  # noqa: F401 (re-exported)
 from utils.registry import (DATASETS, LOSSES, MODELS, TRANSFORMS, ArgumentError, Registry, check_arguments,
                             signature_params)
 
@@ -63,6 +62,11 @@ class DataConfig:
     # train.py's data check at start: quick (pairing, sizes, readable files, NaN pixels, mask values;
     # cached per file), full (the whole --check-data report), off
     check: Union[Literal["quick", "full", "off"], bool] = "quick"   # YAML reads a bare off as false
+    # image: a sample is a whole image after the transforms; patch: a random data.patch_size patch of a random
+    # case (with replacement), data.foreground_oversampling of them centred on foreground (datasets/patches.py)
+    sampling: Literal["image", "patch"] = "image"
+    patch_size: Optional[List[int]] = None
+    foreground_oversampling: float = 0.33
     options: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -107,6 +111,7 @@ class SchedulerConfig:
 class TrainConfig:
     epochs: int = 50
     iterations: Optional[int] = None          # set: iteration-based, val_interval counts iterations
+    iterations_per_epoch: int = 250           # data.sampling: patch: optimizer steps an epoch (nnU-Net: 250)
     batch_size: int = 8
     val_batch_size: int = 1
     val_interval: int = 1
@@ -232,115 +237,6 @@ _MODEL_PROVIDED = {"in_channels", "out_channels"}
 
 
 # --------------------------------------------------------------------------
-# Type checking against annotations
-# --------------------------------------------------------------------------
-
-
-def describe_type(tp: Any) -> str:
-    """A short human name for a typing annotation."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return "any value"
-    if tp is type(None):
-        return "null"
-    if origin is Union:
-        return " or ".join(describe_type(a) for a in args)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin in (list, List, Sequence, typing.get_origin(Sequence[int])):
-        return f"list of {describe_type(args[0])}" if args else "list"
-    if origin in (tuple, Tuple):
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"list of {describe_type(args[0])}"
-        return f"list of {len(args)} ({', '.join(describe_type(a) for a in args)})"
-    if origin in (dict, Dict):
-        return "mapping"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _describe_value(value: Any) -> str:
-    kind = {bool: "bool", int: "int", float: "float", str: "string", list: "list",
-            dict: "mapping", type(None): "null"}.get(type(value), type(value).__name__)
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{kind} {text}"
-
-
-_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-class _TypeMismatch(Exception):
-    def __init__(self, subpath: str, expected: str, value: Any) -> None:
-        super().__init__(subpath)
-        self.subpath, self.expected, self.value = subpath, expected, value
-
-
-def check_type(value: Any, tp: Any, subpath: str = "") -> Any:
-    """Return ``value`` converted to ``tp`` (int -> float, list -> tuple) or raise.
-
-    Supports the annotations used in this project: builtins, ``Optional``,
-    ``Union``, ``Literal``, ``List``, ``Tuple``, ``Dict`` and ``Any``.
-    """
-    if tp is Any or tp is inspect.Parameter.empty:
-        return value
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is type(None):
-        if value is None:
-            return None
-        raise _TypeMismatch(subpath, "null", value)
-    if origin is Union:
-        for option in args:
-            try:
-                return check_type(value, option, subpath)
-            except _TypeMismatch:
-                continue
-        raise _TypeMismatch(subpath, describe_type(tp), value)
-    if origin is Literal:
-        if any(value == a and type(value) is type(a) for a in args):
-            return value
-        raise _TypeMismatch(subpath, describe_type(tp), value)
-    if origin in (list, tuple, dict) or tp in (list, tuple, dict):
-        return _check_container(value, tp, origin or tp, args, subpath)
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
-            return float(value)  # PyYAML reads 1e-4 (no dot) as a string
-        raise _TypeMismatch(subpath, "float", value)
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _TypeMismatch(subpath, "int", value)
-    if isinstance(tp, type):
-        if isinstance(value, tp):
-            return value
-        raise _TypeMismatch(subpath, describe_type(tp), value)
-    return value  # an annotation we do not model: accept as is
-
-
-def _check_container(value: Any, tp: Any, origin: Any, args: Tuple[Any, ...], subpath: str) -> Any:
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _TypeMismatch(subpath, describe_type(tp), value)
-        if not args:
-            return dict(value)
-        return {check_type(k, args[0], f"{subpath}.{k}"): check_type(v, args[1], f"{subpath}.{k}")
-                for k, v in value.items()}
-    if not isinstance(value, (list, tuple)):
-        raise _TypeMismatch(subpath, describe_type(tp), value)
-    if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
-        if len(value) != len(args):
-            raise _TypeMismatch(subpath, describe_type(tp), value)
-        return tuple(check_type(v, a, f"{subpath}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    item_tp = args[0] if args else Any
-    items = [check_type(v, item_tp, f"{subpath}[{i}]") for i, v in enumerate(value)]
-    return tuple(items) if origin is tuple else items
-
-
-# --------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------
 
@@ -378,9 +274,9 @@ def _unknown_key(ctx: _Context, keypath: str, key: str, valid: Sequence[str]) ->
 def _checked(ctx: _Context, keypath: str, value: Any, tp: Any) -> Any:
     try:
         return check_type(value, tp)
-    except _TypeMismatch as exc:
+    except TypeMismatch as exc:
         where = keypath + exc.subpath
-        raise ctx.error(where, f"expected {exc.expected}, got {_describe_value(exc.value)}") from None
+        raise ctx.error(where, f"expected {exc.expected}, got {describe_value(exc.value)}") from None
 
 
 def _check_kwargs(ctx: _Context, keypath: str, given: Dict[str, Any], obj: Any,
@@ -406,7 +302,7 @@ def _build_dataclass(ctx: _Context, cls: Any, keypath: str, raw: Any,
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ctx.error(keypath, f"expected a mapping, got {_describe_value(raw)}")
+        raise ctx.error(keypath, f"expected a mapping, got {describe_value(raw)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.name not in ("options", "source")]
     values: Dict[str, Any] = {}
@@ -430,12 +326,12 @@ def _check_named_list(ctx: _Context, keypath: str, items: Any, registry: Registr
     if items is None:
         return []
     if not isinstance(items, list):
-        raise ctx.error(keypath, f"expected a list of mappings with a 'name' key, got {_describe_value(items)}")
+        raise ctx.error(keypath, f"expected a list of mappings with a 'name' key, got {describe_value(items)}")
     out = []
     for i, item in enumerate(items):
         path = f"{keypath}[{i}]"
         if not isinstance(item, dict) or "name" not in item:
-            raise ctx.error(path, f"expected a mapping with a 'name' key, got {_describe_value(item)}")
+            raise ctx.error(path, f"expected a mapping with a 'name' key, got {describe_value(item)}")
         name = item["name"]
         if name not in registry:
             raise ctx.error(f"{path}.name", registry.unknown_message(str(name)))
@@ -455,7 +351,7 @@ def config_from_dict(raw: Any, source: str = "<dict>", overridden: Sequence[str]
     """Validate a raw (YAML-shaped) dict and return a :class:`Config`."""
     ctx = _Context(source, overridden)
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the config must be a mapping of sections, got {_describe_value(raw)}")
+        raise ConfigError(f"{source}: the config must be a mapping of sections, got {describe_value(raw)}")
     cfg, _ = _build_dataclass(ctx, Config, "", raw)
     cfg.source = source
 
@@ -509,6 +405,7 @@ def _check_consistency(ctx: _Context, cfg: Config, dataset_cls: Any, check_paths
         raise ctx.error("device", f"expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {cfg.device!r}")
     if isinstance(cfg.data.check, bool):  # YAML reads a bare off as false
         cfg.data.check = "quick" if cfg.data.check else "off"
+    _check_sampling(ctx, cfg)
     if cfg.data.num_workers != "auto" and cfg.data.num_workers < 0:
         raise ctx.error("data.num_workers", f"must be 0 or more, got {cfg.data.num_workers}")
     # A dataset that writes its own files on first use (synthetic) has no folder to check yet.
@@ -519,6 +416,21 @@ def _check_consistency(ctx: _Context, cfg: Config, dataset_cls: Any, check_paths
             raise ctx.error("data.root", f"folder {cfg.data.root!r} does not exist "
                             f"(resolved against {os.getcwd()}); fix the path or override it with "
                             f"--set data.root=/path/to/data")
+
+
+def _check_sampling(ctx: _Context, cfg: Config) -> None:
+    """Patch sampling needs a patch size; the foreground share is a fraction."""
+    data = cfg.data
+    if data.sampling == "patch" and not data.patch_size:
+        raise ctx.error("data.patch_size", "data.sampling: patch needs a patch size per spatial axis, "
+                        "e.g. data.patch_size: [256, 256]")
+    if data.patch_size is not None and min(data.patch_size, default=0) < 1:
+        raise ctx.error("data.patch_size", f"sizes must be positive, got {data.patch_size}")
+    if not 0.0 <= data.foreground_oversampling <= 1.0:
+        raise ctx.error("data.foreground_oversampling", f"is a share of the samples in [0, 1], "
+                        f"got {data.foreground_oversampling}")
+    if cfg.train.iterations_per_epoch < 1:
+        raise ctx.error("train.iterations_per_epoch", f"must be at least 1, got {cfg.train.iterations_per_epoch}")
 
 
 def _check_classes(ctx: _Context, cfg: Config) -> None:
@@ -652,7 +564,7 @@ def load_config(path: Union[str, Path], overrides: Sequence[str] = (), check_pat
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the config must be a mapping of sections, got {_describe_value(raw)}")
+        raise ConfigError(f"{path}: the config must be a mapping of sections, got {describe_value(raw)}")
     file_model = raw.get("model", {}).get("name") if isinstance(raw.get("model"), dict) else None
     keys = apply_overrides(raw, overrides)
     drop_foreign_model_options(raw, file_model, keys, str(path))
