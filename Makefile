@@ -3,13 +3,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help venv test demo demo-data demo-multiclass bench bench-models bench-inference clean
+.PHONY: help venv test demo demo-data demo-multiclass bench bench-models bench-inference bench-patches clean
 
 help:
 	@echo "make demo   - venv + install, generate demo data, train, test, print where results are"
 	@echo "make test   - venv + install if missing, run the whole test suite"
 	@echo "make bench  - run the benchmarks under bench/"
 	@echo "make bench-inference - sliding window vs raw tile forwards, img/s per inference mode"
+	@echo "make bench-patches - patch loader samples/s against the model's training samples/s"
 	@echo "make clean  - remove checkpoint/, results/ and data/demo*"
 
 $(VENV)/.installed: requirements.txt
@@ -46,6 +47,9 @@ bench-models: venv
 
 bench-inference: venv
 	$(PY) bench/inference.py
+
+bench-patches: venv
+	$(PY) bench/patches.py
 
 clean:
 	rm -rf checkpoint results data/demo data/demo_multiclass
