@@ -266,3 +266,17 @@ def test_registered_and_layout_errors(tmp_path):
         VolumeDataset(tmp_path, "train", 2)
     with pytest.raises(DataError, match="does not exist"):
         VolumeDataset(tmp_path / "missing", "train", 2)
+
+
+def test_patches_drawn_from_volume_cases(tmp_path):
+    from datasets.patches import PatchDataset
+    seg = np.zeros((4, 6, 6), np.uint8)
+    seg[3, 5, 5] = 1
+    write_npz_case(tmp_path, "a", ramp((4, 6, 6)), seg)
+    patches = PatchDataset(VolumeDataset(tmp_path, "all", 2), patch_size=[2, 3, 3], length=4, batch_size=2,
+                           num_classes=2, foreground_share=0.5)
+    torch.manual_seed(0)
+    image, mask = patches[1]  # the last of its batch: centred on the one foreground voxel
+    assert image.shape == (1, 2, 3, 3) and mask.shape == (2, 3, 3)
+    assert (mask == 1).sum().item() == 1
+    assert image[0][mask == 1].item() == 3 * 36 + 5 * 6 + 5
