@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -209,7 +210,7 @@ def check_before_training(splits: Dict[str, FileDataset], failures: Dict[str, Ex
         samples = getattr(dataset, "samples", None)
         if samples is None:  # generated in memory: nothing on disk to check
             continue
-        settings = f"{_CHECK_VERSION}|{split}|{dataset.mask_mapping!r}|{dataset.num_classes}"
+        settings = f"{_CHECK_VERSION}|{split}|{getattr(dataset, 'mask_mapping', 'volume')!r}|{dataset.num_classes}"
         todo = [(sample, _signature(sample, settings)) for sample in samples]
         todo = [(sample, key) for sample, key in todo if key not in passed]
         checked += len(todo)
@@ -227,8 +228,12 @@ def _scan_new(dataset: FileDataset, split: str, todo: List[Tuple[Sample, str]],
               progress: bool, workers: Optional[int]) -> Iterator[Tuple[str, List[Problem]]]:
     """(cache key, problems) of each pair in ``todo``, in order, read in ``workers`` threads."""
 
+    positions = {tuple(sample): i for i, sample in enumerate(dataset.samples)}
+
     def scan(item: Tuple[Sample, str]) -> Tuple[str, List[Problem]]:
         (image, mask), key = item
+        if getattr(dataset, "volumetric", False):  # volume cases are read whole, as training reads them
+            return key, _scan_volume(dataset, positions[(image, mask)], split)[1]
         return key, _scan_sample(Path(image), None if mask is None else Path(mask), dataset.mask_mapping,
                                  dataset.num_classes, split)[1]
 
@@ -331,9 +336,26 @@ def _has_split_folder(root: Path, split: str) -> bool:
     return False
 
 
+def _scan_volume(dataset: Any, index: int, split: str) -> Tuple[SplitStats, List[Problem]]:
+    """A volume case read as training reads it (the readers check shapes, labels and NaN voxels) and its
+    voxels per class; a DataError becomes the case's problem."""
+    stats = SplitStats(dataset.num_classes, num_images=1)
+    try:
+        _, mask = dataset.load_sample(index)
+    except (OSError, ValueError) as exc:
+        return stats, [Problem(str(dataset.samples[index][0]), str(exc), "", "case cannot be read", split)]
+    if mask is None:
+        stats.num_without_mask = 1
+        return stats, []
+    counts = torch.bincount(mask.flatten(), minlength=max(IGNORE_INDEX + 1, dataset.num_classes)).numpy()
+    stats.class_pixels += counts[:dataset.num_classes]
+    stats.ignore_pixels = int(counts[IGNORE_INDEX])
+    return stats, []
+
+
 def _scan_split(dataset: Any, split: str, problems: List[Problem], progress: bool, workers: int) -> SplitStats:
     """Read every sample of ``dataset`` once (in ``workers`` threads) and sum the figures."""
-    stats = SplitStats(dataset.num_classes, mask_mapping=repr(dataset.mask_mapping))
+    stats = SplitStats(dataset.num_classes, mask_mapping=repr(getattr(dataset, "mask_mapping", "volume labels")))
     samples = list(dataset.samples)
     log.info("checking the %s split: %d images", split, len(samples))
     if not samples:
@@ -341,11 +363,15 @@ def _scan_split(dataset: Any, split: str, problems: List[Problem], progress: boo
                                 "add images (and masks) to this split", kind="empty split", split=split))
         return stats
 
-    def scan(sample: Tuple[Path, Optional[Path]]) -> Tuple[SplitStats, List[Problem]]:
-        return _scan_sample(sample[0], sample[1], dataset.mask_mapping, dataset.num_classes, split)
+    volumetric = getattr(dataset, "volumetric", False)  # volume cases are read whole, as training reads them
+
+    def scan(index: int) -> Tuple[SplitStats, List[Problem]]:
+        if volumetric:
+            return _scan_volume(dataset, index, split)
+        return _scan_sample(samples[index][0], samples[index][1], dataset.mask_mapping, dataset.num_classes, split)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = tqdm(pool.map(scan, samples), total=len(samples), desc=f"check {split}", unit="img",
+        results = tqdm(pool.map(scan, range(len(samples))), total=len(samples), desc=f"check {split}", unit="img",
                        leave=False, disable=not progress, mininterval=1.0)
         for sample_stats, sample_problems in results:
             stats.add(sample_stats)

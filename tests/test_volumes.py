@@ -280,3 +280,36 @@ def test_patches_drawn_from_volume_cases(tmp_path):
     assert image.shape == (1, 2, 3, 3) and mask.shape == (2, 3, 3)
     assert (mask == 1).sum().item() == 1
     assert image[0][mask == 1].item() == 3 * 36 + 5 * 6 + 5
+
+
+# ------------------------------------------------------------------ the data check and class weights on volumes
+
+
+def test_data_check_and_class_counts_read_volume_cases(tmp_path):
+    """The start-up check reads each case as training does (naming a bad one), caches the good ones, and the
+    full report and the class weights count voxels per class by hand."""
+    from datasets.check import check_before_training, check_dataset
+    from utils.class_stats import class_pixel_counts
+    from utils.errors import DataError
+
+    seg = np.zeros((2, 3, 4), np.uint8)
+    seg[0, :, :2] = 1
+    seg[1, 0, 0] = 255
+    for name in ("a", "b"):
+        write_npz_case(tmp_path / "root" / "train", name, ramp((2, 3, 4)), seg)
+    write_npz_case(tmp_path / "root" / "val", "c", ramp((2, 3, 4)), seg)
+    splits = {s: VolumeDataset(tmp_path / "root", s, 2) for s in ("train", "val")}
+    kwargs = dict(root=tmp_path / "root", dataset_name="volumes", num_classes=2, class_names=["bg", "fg"],
+                  progress=False)
+    cache = tmp_path / "cache.json"
+    check_before_training(splits, {}, "quick", cache, "train.py --check-data", **kwargs)
+    assert len(json.loads(cache.read_text())["passed"]) == 3
+    report = check_dataset(splits, {}, str(tmp_path / "root"), "volumes", 2, ["bg", "fg"], progress=False)
+    assert report.problems == [] and report.total().class_pixels.tolist() == [3 * 17, 3 * 6]
+    assert report.total().ignore_pixels == 3
+    counts = class_pixel_counts(splits["train"])
+    assert counts.pixels.tolist() == [2 * 17, 2 * 6]
+
+    write_npz_case(tmp_path / "root" / "val", "c", ramp((2, 3, 4)), np.full((2, 3, 4), 3, np.uint8))
+    with pytest.raises(DataError, match=r"c\.npz.*\[3\]"):
+        check_before_training(splits, {}, "quick", cache, "train.py --check-data", **kwargs)

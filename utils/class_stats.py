@@ -34,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.io import FileDataset, count_mask
+from utils.constants import IGNORE_INDEX
 from utils.errors import DataError
 from utils.fileio import write_json
 
@@ -78,11 +79,16 @@ def class_pixel_counts(dataset: FileDataset, progress: bool = False) -> ClassCou
     num_classes = dataset.num_classes
     pixels = np.zeros(num_classes, dtype=np.int64)
     image_pixels = np.zeros(num_classes, dtype=np.int64)
-    masks = [mask for _, mask in dataset.samples if mask is not None]
-    for path in tqdm(masks, desc="class statistics", unit="mask", leave=False, disable=not progress):
-        mask = count_mask(path, dataset.mask_mapping, num_classes)
-        mask.raise_problem(path)
-        counts = mask.class_pixels
+    masks = [(i, mask) for i, (_, mask) in enumerate(dataset.samples) if mask is not None]
+    volumetric = getattr(dataset, "volumetric", False)  # a volume's labels come from its case reader
+    for index, path in tqdm(masks, desc="class statistics", unit="mask", leave=False, disable=not progress):
+        if volumetric:
+            labels = dataset.load_sample(index)[1].flatten()
+            counts = np.bincount(labels[labels != IGNORE_INDEX].numpy(), minlength=num_classes)[:num_classes]
+        else:
+            mask = count_mask(path, dataset.mask_mapping, num_classes)
+            mask.raise_problem(path)
+            counts = mask.class_pixels
         pixels += counts
         image_pixels[counts > 0] += counts.sum()
     return ClassCounts(pixels, image_pixels, len(masks))
@@ -116,8 +122,8 @@ def class_weights(counts: ClassCounts, method: str) -> List[float]:
 def cache_key(dataset: FileDataset, dataset_name: str) -> Dict[str, Any]:
     """What the counts depend on; a cache with another key is recomputed."""
     return {"dataset": dataset_name, "root": str(Path(dataset.root).resolve()), "split": dataset.split,
-            "num_classes": dataset.num_classes, "mask_mapping": repr(dataset.mask_mapping),
-            "num_samples": len(dataset.samples)}
+            "num_classes": dataset.num_classes,
+            "mask_mapping": repr(getattr(dataset, "mask_mapping", "volume labels")), "num_samples": len(dataset.samples)}
 
 
 def cached_class_counts(dataset: FileDataset, dataset_name: str, path: Path, progress: bool = False) -> ClassCounts:
