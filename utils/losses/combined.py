@@ -8,7 +8,7 @@ float32 itself (they may come from autocast), and adds the image-level
 classification term "cls" (:func:`presence_bce`) when class logits are there.
 """
 import math
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -39,10 +39,11 @@ def presence_bce(cls_logits: torch.Tensor, target: torch.Tensor, ignore_index: i
     return F.binary_cross_entropy_with_logits(cls_logits, F.one_hot(present, 2).to(cls_logits.dtype))
 
 
-def _resize_to(logits: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of (N, C, h, w) logits to ``size`` when they differ; anything else passes through."""
-    if logits.ndim == 4 and tuple(logits.shape[-2:]) != tuple(size):
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+def _resize_to(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(Bi/tri)linear resize of (N, C, *spatial) logits to ``size`` when they differ; else passed through."""
+    modes = {4: "bilinear", 5: "trilinear"}
+    if logits.ndim in modes and tuple(logits.shape[2:]) != tuple(size):
+        return F.interpolate(logits, size=tuple(size), mode=modes[logits.ndim], align_corners=False)
     return logits
 
 
@@ -130,7 +131,7 @@ class CombinedLoss(nn.Module):
                           ) -> Tuple[torch.Tensor, List[str], List[torch.Tensor]]:
         """(total, names, unweighted values) over a list of outputs, main first."""
         weights = self._output_weights(len(outputs))
-        per_output = [self._terms(_resize_to(out.float(), target.shape[-2:]), target) for out in outputs]
+        per_output = [self._terms(_resize_to(out.float(), target.shape[1:]), target) for out in outputs]
         combined = [summed for _, summed in per_output]
         total = sum(w * c for w, c in zip(weights, combined))
         names = self.names + [f"ds_{k}" for k in range(len(outputs))]

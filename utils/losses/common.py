@@ -2,7 +2,8 @@
 
 Every loss takes ``(logits, target)``: float (N, C, H, W) logits (C == 1 sigmoid,
 C > 1 softmax) and int64 (N, H, W) class indices with ``ignore_index`` where
-there is no label; :func:`valid_pixels` checks them and names the loss.
+there is no label, or the same with (Z, Y, X) volumes (all but ms_ssim and
+hybrid); :func:`valid_pixels` checks them and names the loss.
 """
 import math
 from typing import List, Literal, Optional, Tuple, Union
@@ -15,14 +16,19 @@ ClassWeights = Optional[Union[List[float], Literal["inverse", "median_frequency"
 
 
 def valid_pixels(logits: torch.Tensor, target: torch.Tensor, ignore_index: int,
-                 loss_name: str) -> Tuple[torch.Tensor, torch.Tensor]:
+                 loss_name: str, volumes: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     """Check shapes and label values; return (mask of labelled pixels, target with ignored pixels set to 0).
 
-    Label values must lie in ``[0, num_classes)`` where ``num_classes`` is C,
-    or 2 for a one-channel (sigmoid) output.
+    Images (N, C, H, W) with targets (N, H, W), and with ``volumes`` also
+    (N, C, Z, Y, X) with (N, Z, Y, X). Label values must lie in
+    ``[0, num_classes)`` where ``num_classes`` is C, or 2 for a one-channel
+    (sigmoid) output.
     """
-    if logits.ndim != 4 or target.ndim != 3 or logits.shape[:1] + logits.shape[2:] != target.shape:
-        raise ValueError(f"{loss_name}: expected logits (N, C, H, W) and target (N, H, W), "
+    ranks = (4, 5) if volumes else (4,)
+    if logits.ndim not in ranks or logits.shape[:1] + logits.shape[2:] != target.shape:
+        expected = "(N, C, H, W) and target (N, H, W)" + (", or (N, C, Z, Y, X) and (N, Z, Y, X)" if volumes
+                                                          else " (this loss is 2D only)")
+        raise ValueError(f"{loss_name}: expected logits {expected}, "
                          f"got {tuple(logits.shape)} and {tuple(target.shape)}")
     if target.dtype.is_floating_point or target.dtype == torch.bool:
         raise ValueError(f"{loss_name}: target must hold integer class indices, got dtype {target.dtype}")

@@ -30,7 +30,7 @@ def _soft_counts(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, 
         probs, onehot = probs[:, 1:], onehot[:, 1:]
     keep = valid.unsqueeze(1).to(logits.dtype)
     probs, onehot = probs * keep, onehot * keep
-    dims = (0, 2, 3)
+    dims = (0, *range(2, logits.ndim))  # the batch and every spatial axis
     tp = (probs * onehot).sum(dims)
     return _SoftCounts(tp=tp, fp=probs.sum(dims) - tp, fn=onehot.sum(dims) - tp, present=onehot.sum(dims) > 0)
 

@@ -113,7 +113,7 @@ class MSSSIMLoss(nn.Module):
         self.ignore_index = ignore_index
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        valid, labels = valid_pixels(logits, target, self.ignore_index, "ms_ssim")
+        valid, labels = valid_pixels(logits, target, self.ignore_index, "ms_ssim", volumes=False)
         probs, onehot = probs_and_onehot(logits, labels)
         keep = valid.unsqueeze(1).to(logits.dtype)
         maps = [(m * keep).flatten(0, 1).unsqueeze(1) for m in (probs, onehot)]  # (N * C, 1, H, W)
@@ -150,5 +150,5 @@ class HybridLoss(nn.Module):
                                    ignore_index=ignore_index)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        valid_pixels(logits, target, self.focal.ignore_index, "hybrid")  # errors name this loss
+        valid_pixels(logits, target, self.focal.ignore_index, "hybrid", volumes=False)  # errors name this loss
         return self.focal(logits, target) + self.ms_ssim(logits, target) + self.jaccard(logits, target)
