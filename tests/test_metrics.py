@@ -138,7 +138,7 @@ def test_reset_and_reduce_without_process_group() -> None:
     (torch.tensor([[0, -1]]), torch.tensor([[0, 1]]), r"pred contains \[-1\]"),
     (torch.tensor([[0, 1, 2]]), torch.tensor([[0, 1]]), "same shape"),
     (torch.tensor([[0.0, 1.0]]), torch.tensor([[0, 1]]), "pred must hold integer class indices"),
-    (torch.zeros(1, 1, 2, 2, dtype=torch.long), torch.zeros(1, 1, 2, 2, dtype=torch.long), "same shape"),
+    (torch.zeros(1, 1, 1, 2, 2, dtype=torch.long), torch.zeros(1, 1, 1, 2, 2, dtype=torch.long), "same shape"),
 ])
 def test_bad_updates_raise(pred: torch.Tensor, target: torch.Tensor, message: str) -> None:
     cm = ConfusionMatrix(3)
@@ -174,3 +174,14 @@ def test_per_image_scores() -> None:
     assert empty["num_pixels"] == 3
     with pytest.raises(ValueError, match=r"one \(H, W\) image"):
         per_image_scores(PRED[None], TARGET[None], 3)
+
+
+def test_volumes_are_counted_voxel_by_voxel() -> None:
+    """(N, Z, Y, X) labels: the same matrix as their voxels laid out as an image."""
+    torch.manual_seed(0)
+    pred, target = torch.randint(0, 3, (2, 3, 4, 5)), torch.randint(0, 3, (2, 3, 4, 5))
+    target[0, 0, 0, :2] = 255
+    volume, image = ConfusionMatrix(3), ConfusionMatrix(3)
+    volume.update(pred, target)
+    image.update(pred.reshape(2, 12, 5), target.reshape(2, 12, 5))
+    assert torch.equal(volume.mat, image.mat) and volume.mat.sum() == 2 * 3 * 4 * 5 - 2

@@ -40,7 +40,7 @@ def build_datasets(cfg: Config, world_size: int = 1) -> Tuple[Dataset, Dataset]:
     """The train and val datasets; with ``data.sampling: patch`` the train set draws random patches of its
     cases, ``train.iterations_per_epoch`` optimizer steps of them per epoch (over all processes)."""
     kwargs = cfg.dataset_kwargs()
-    train_transforms = build_transforms(cfg.transforms.train)
+    train_transforms = build_transforms(cfg.transforms.train) if cfg.transforms.train else None
     if cfg.data.sampling == "patch":
         t = cfg.train
         cases = DATASETS.build(cfg.data.name, split="train", transforms=None, **kwargs)
@@ -49,7 +49,8 @@ def build_datasets(cfg: Config, world_size: int = 1) -> Tuple[Dataset, Dataset]:
                                          cfg.data.foreground_oversampling, train_transforms)
     else:
         train_ds = DATASETS.build(cfg.data.name, split="train", transforms=train_transforms, **kwargs)
-    val_ds = DATASETS.build(cfg.data.name, split="val", transforms=build_transforms(cfg.transforms.val), **kwargs)
+    val_transforms = build_transforms(cfg.transforms.val) if cfg.transforms.val else None  # none: volumes
+    val_ds = DATASETS.build(cfg.data.name, split="val", transforms=val_transforms, **kwargs)
     return train_ds, val_ds
 
 

@@ -103,11 +103,12 @@ class ConfusionMatrix:
         self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Count one batch: ``pred`` and ``target`` are integer class indices of shape (N, H, W) or (H, W)."""
+        """Count one batch: ``pred`` and ``target`` are integer class indices of one shape: (N, H, W) or (H, W),
+        or (N, Z, Y, X) for volumes."""
         pred, target = torch.as_tensor(pred), torch.as_tensor(target)
-        if pred.shape != target.shape or target.ndim not in (2, 3):
-            raise ValueError(f"ConfusionMatrix.update: pred and target must have the same shape (N, H, W) or "
-                             f"(H, W), got {tuple(pred.shape)} and {tuple(target.shape)}")
+        if pred.shape != target.shape or target.ndim not in (2, 3, 4):
+            raise ValueError(f"ConfusionMatrix.update: pred and target must have the same shape (N, H, W), "
+                             f"(H, W) or (N, Z, Y, X), got {tuple(pred.shape)} and {tuple(target.shape)}")
         for what, x in (("pred", pred), ("target", target)):
             if x.dtype.is_floating_point or x.dtype.is_complex:
                 raise ValueError(f"ConfusionMatrix.update: {what} must hold integer class indices, got {x.dtype}; "

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from utils.constants import IGNORE_INDEX
 from utils.fileio import atomic_open, write_failure, write_json
 from utils.metrics import format_metrics
 from utils.visualize import colorize, default_palette, make_grid, to_display
@@ -51,7 +52,12 @@ def open_tensorboard(run_dir: Path) -> Any:
 
 def preview_row(image: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, palette: Optional[np.ndarray],
                 num_classes: int) -> np.ndarray:
-    """One (image | ground truth | prediction) row for TensorBoard, masks in the class colours."""
+    """One (image | ground truth | prediction) row for TensorBoard, masks in the class colours; for a volume,
+    the slice (along Z) with the most labelled foreground."""
+    if mask.ndim == 3:
+        foreground = ((mask > 0) & (mask != IGNORE_INDEX)).flatten(1).sum(dim=1)
+        z = int(foreground.argmax()) if foreground.any() else mask.shape[0] // 2
+        image, mask, pred = image[:, z], mask[z], pred[z]
     palette = default_palette(num_classes) if palette is None else palette
     tiles = [to_display(image), colorize(mask.cpu().numpy(), palette), colorize(pred.cpu().numpy(), palette)]
     return np.concatenate(tiles, axis=1)
