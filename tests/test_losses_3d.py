@@ -50,3 +50,37 @@ def test_a_3d_unet_with_deep_supervision_trains_through_the_combined_loss() -> N
     model.eval()
     with torch.no_grad():
         assert model(volume).shape == (2, 2, 8, 16, 16)
+
+
+def test_halving_weights_and_downsampled_targets_by_hand() -> None:
+    """nnU-Net's deep supervision: weights 1, 1/2, 1/4 scaled to sum to 1, each output scored against the
+    mask resized (nearest) to its own size."""
+    torch.manual_seed(0)
+    target = torch.randint(0, 2, (2, 8, 8))
+    target[0, 0, 0] = 255
+    outputs = [torch.randn(2, 2, 8, 8), torch.randn(2, 2, 4, 4), torch.randn(2, 2, 2, 2)]
+    loss = build_loss([{"name": "ce"}], "halving", "downsample_targets")
+    total, terms = loss(outputs, target)
+    ce = LOSSES.build("ce")
+    expected = [ce(outputs[0], target), ce(outputs[1], target[:, ::2, ::2]), ce(outputs[2], target[:, ::4, ::4])]
+    weights = [4 / 7, 2 / 7, 1 / 7]
+    assert torch.allclose(total, sum(w * e for w, e in zip(weights, expected)), atol=1e-6)
+    assert [terms[f"ds_{k}"] for k in range(3)] == pytest.approx([e.item() for e in expected], abs=1e-6)
+    volume = build_loss([{"name": "ce"}], "halving", "downsample_targets")
+    v_target = torch.randint(0, 2, (1, 4, 8, 8))
+    v_total, _ = volume([torch.randn(1, 2, 4, 8, 8), torch.randn(1, 2, 2, 4, 4)], v_target)
+    assert torch.isfinite(v_total)
+    with pytest.raises(ValueError, match="deep_supervision_targets"):
+        build_loss([{"name": "ce"}], None, "sideways")
+
+
+def test_the_config_takes_halving_and_refuses_other_words() -> None:
+    from tests.conftest import minimal_config
+    from utils.config import ConfigError, config_from_dict
+
+    cfg = config_from_dict(minimal_config("unused", train={"deep_supervision_weights": "halving",
+                                                           "deep_supervision_targets": "downsample_targets"}),
+                           check_paths=False)
+    assert cfg.train.deep_supervision_weights == "halving"
+    with pytest.raises(ConfigError, match=r"train\.deep_supervision_weights"):
+        config_from_dict(minimal_config("unused", train={"deep_supervision_weights": "doubling"}), check_paths=False)

@@ -30,17 +30,20 @@ def test_a_3d_unet_trains_on_volume_patches_and_validates_whole_volumes(tmp_path
            "data": {"name": "volumes", "root": str(tmp_path / "data"), "num_classes": 2, "num_workers": 0,
                     "sampling": "patch", "patch_size": [8, 16, 16]},
            "transforms": {"train": [], "val": []},
-           "model": {"name": "unet", "in_channels": 1, "out_channels": 2, "dims": 3, "base_channels": 4, "depth": 2,
-                     "norm": "instance", "activation": "leaky_relu", "strides": [[1, 2, 2], [2, 2, 2]]},
+           "model": {"name": "unet", "in_channels": 1, "out_channels": 2, "dims": 3, "base_channels": 4, "depth": 3,
+                     "norm": "instance", "activation": "leaky_relu", "strides": [[1, 2, 2], [2, 2, 2], [2, 2, 2]],
+                     "deep_supervision": True},
            "loss": [{"name": "ce"}, {"name": "dice"}],
            "train": {"epochs": 2, "batch_size": 2, "iterations_per_epoch": 3, "monitor": "dice_foreground",
-                     "checkpoint_dir": str(tmp_path / "ck"), "progress": False}}
+                     "checkpoint_dir": str(tmp_path / "ck"), "progress": False,
+                     "deep_supervision_weights": "halving", "deep_supervision_targets": "downsample_targets"}}
     config = tmp_path / "vol.yaml"
     config.write_text(yaml.safe_dump(raw))
     assert train.main(["--config", str(config)]) == 0
     run_dir = tmp_path / "ck" / "vol"
     history = json.loads((run_dir / "metrics.json").read_text())["history"]
     assert [h["iteration"] for h in history] == [3, 6]
+    assert set(history[0]["loss_parts"]) == {"ce", "dice", "ds_0", "ds_1"}  # depth 3: full and 1/2 resolution
     matrix = np.array(history[-1]["val"]["confusion_matrix"])
     assert matrix.sum() == 12 * 24 * 24  # every voxel of the whole validation volume counted once
     best = torch.load(run_dir / "best.pt", weights_only=True)

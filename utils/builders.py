@@ -157,7 +157,8 @@ def resolve_class_weights(cfg: Config, train_ds: Dataset, run_dir: Path) -> List
 def build_criterion(cfg: Config, train_ds: Dataset, run_dir: Path) -> CombinedLoss:
     """The weighted sum of ``cfg.loss`` (class weights resolved), with the deep-supervision weights."""
     cases = getattr(train_ds, "cases", train_ds)  # patch sampling: the weights come from the whole cases
-    return build_loss(resolve_class_weights(cfg, cases, run_dir), cfg.train.deep_supervision_weights)
+    return build_loss(resolve_class_weights(cfg, cases, run_dir), cfg.train.deep_supervision_weights,
+                      cfg.train.deep_supervision_targets)
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -130,7 +130,11 @@ class TrainConfig:
     monitor_mode: Literal["max", "min"] = "max"
     grad_clip: Optional[float] = None
     freeze_encoder_epochs: int = 0
-    deep_supervision_weights: Optional[List[float]] = None
+    # deep supervision: one weight per output (main first), or halving (nnU-Net: 1, 1/2, 1/4, ... normalised);
+    # targets: upsample_logits (each output resized to the mask) or downsample_targets (nnU-Net: the mask
+    # resized, nearest, to each output)
+    deep_supervision_weights: Optional[Union[List[float], Literal["halving"]]] = None
+    deep_supervision_targets: Literal["upsample_logits", "downsample_targets"] = "upsample_logits"
     checkpoint_dir: str = "checkpoint"
     log_images: int = 4
     tensorboard: bool = True

@@ -47,10 +47,24 @@ def _resize_to(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return logits
 
 
+def _downsample_target(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The (N, *spatial) labels resized to ``size`` by nearest neighbour (labels are never interpolated)."""
+    if tuple(target.shape[1:]) == tuple(size):
+        return target
+    return F.interpolate(target[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
+
+
+def halving_weights(count: int) -> List[float]:
+    """nnU-Net's deep-supervision weights 1, 1/2, 1/4, ... scaled to sum to 1 (the models here already leave
+    out their lowest-resolution level, which nnU-Net weights 0)."""
+    raw = [0.5 ** k for k in range(count)]
+    return [w / sum(raw) for w in raw]
+
+
 def _normalised_ds_weights(weights: Optional[List[float]]) -> Optional[List[float]]:
     """Deep-supervision weights scaled to sum to 1, after checking them."""
-    if weights is None:
-        return None
+    if weights is None or weights == "halving":
+        return weights
     if not weights or any(not (w >= 0 and math.isfinite(w)) for w in weights) or sum(weights) <= 0:
         raise ValueError(f"deep_supervision_weights must be a non-empty list of finite weights >= 0 with a "
                          f"positive sum, got {weights}")
@@ -63,10 +77,12 @@ class CombinedLoss(nn.Module):
     One logits tensor: ``total = sum_i weight_i * loss_i(logits, target)``.
 
     A list or tuple of K logits tensors (deep supervision, main output first):
-    each output is resized bilinearly to the target's size if it differs, and
+    each output is resized (bi/trilinear) to the target's size if it differs,
+    or with ``deep_supervision_targets="downsample_targets"`` the target is
+    resized (nearest) to each output, as nnU-Net does; then
     ``total = sum_k w_k * combined_k`` where ``combined_k`` is the weighted sum
     above for output k and ``w`` the ``deep_supervision_weights`` scaled to
-    sum to 1 (None: 1/K each).
+    sum to 1 (None: 1/K each; "halving": 1, 1/2, 1/4, ... as nnU-Net).
 
     A :class:`ClassGuidedOutput` (either of the above plus (N, 2) class
     logits): the total above plus :func:`presence_bce` of the class logits,
@@ -93,8 +109,13 @@ class CombinedLoss(nn.Module):
     """
 
     def __init__(self, terms: List[Tuple[str, float, nn.Module]],
-                 deep_supervision_weights: Optional[List[float]] = None) -> None:
+                 deep_supervision_weights: Optional[Union[List[float], str]] = None,
+                 deep_supervision_targets: str = "upsample_logits") -> None:
         super().__init__()
+        if deep_supervision_targets not in ("upsample_logits", "downsample_targets"):
+            raise ValueError(f"deep_supervision_targets must be upsample_logits or downsample_targets, "
+                             f"got {deep_supervision_targets!r}")
+        self.downsample_targets = deep_supervision_targets == "downsample_targets"
         if not terms:
             raise ValueError("CombinedLoss needs at least one (name, weight, loss) term")
         self.names: List[str] = []
@@ -115,6 +136,8 @@ class CombinedLoss(nn.Module):
             raise ValueError("CombinedLoss: got an empty list of outputs")
         if self.deep_supervision_weights is None:
             return [1.0 / count] * count
+        if self.deep_supervision_weights == "halving":
+            return halving_weights(count)
         if len(self.deep_supervision_weights) != count:
             raise ConfigError(
                 f"train.deep_supervision_weights has {len(self.deep_supervision_weights)} entries but the model returned "
@@ -131,7 +154,10 @@ class CombinedLoss(nn.Module):
                           ) -> Tuple[torch.Tensor, List[str], List[torch.Tensor]]:
         """(total, names, unweighted values) over a list of outputs, main first."""
         weights = self._output_weights(len(outputs))
-        per_output = [self._terms(_resize_to(out.float(), target.shape[1:]), target) for out in outputs]
+        if self.downsample_targets:
+            per_output = [self._terms(out.float(), _downsample_target(target, out.shape[2:])) for out in outputs]
+        else:
+            per_output = [self._terms(_resize_to(out.float(), target.shape[1:]), target) for out in outputs]
         combined = [summed for _, summed in per_output]
         total = sum(w * c for w, c in zip(weights, combined))
         names = self.names + [f"ds_{k}" for k in range(len(outputs))]
@@ -159,13 +185,17 @@ class CombinedLoss(nn.Module):
 
     def extra_repr(self) -> str:
         text = ", ".join(f"{n}*{w:g}" for n, w in zip(self.names, self.weights))
-        if self.deep_supervision_weights is not None:
+        if isinstance(self.deep_supervision_weights, list):
             text += ", deep_supervision_weights=[" + ", ".join(f"{w:.4g}" for w in self.deep_supervision_weights) + "]"
+        elif self.deep_supervision_weights is not None:
+            text += f", deep_supervision_weights={self.deep_supervision_weights}"
+        if self.downsample_targets:
+            text += ", deep_supervision_targets=downsample_targets"
         return text
 
 
-def build_loss(specs: List[Dict[str, Any]],
-               deep_supervision_weights: Optional[List[float]] = None) -> CombinedLoss:
+def build_loss(specs: List[Dict[str, Any]], deep_supervision_weights: Optional[Union[List[float], str]] = None,
+               deep_supervision_targets: str = "upsample_logits") -> CombinedLoss:
     """A :class:`CombinedLoss` from specs ``{"name": ..., "weight": 1.0, **kwargs}``.
 
     ``name`` is a name registered in ``LOSSES`` (unknown names raise KeyError
@@ -181,4 +211,4 @@ def build_loss(specs: List[Dict[str, Any]],
             raise ValueError(f"build_loss: spec {i} must be a dict with a 'name' key, got {spec!r}")
         kwargs = {k: v for k, v in spec.items() if k not in ("name", "weight")}
         terms.append((spec["name"], float(spec.get("weight", 1.0)), LOSSES.build(spec["name"], **kwargs)))
-    return CombinedLoss(terms, deep_supervision_weights)
+    return CombinedLoss(terms, deep_supervision_weights, deep_supervision_targets)
