@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from datasets.io import FileDataset, Sample, count_mask
+from datasets.io import FileDataset, Sample, count_mask, non_finite_pixels
 from utils.cli import guarded, setup_logging
 from utils.constants import IGNORE_INDEX
 from utils.errors import ConfigError, DataError, DiskError
@@ -453,11 +453,9 @@ def _decode_image(path: Path) -> None:
         if pil.format == "JPEG":
             pil.draft(pil.mode, (max(1, pil.size[0] // 8), max(1, pil.size[1] // 8)))
         pil.load()
-        if pil.mode == "F":
-            pixels = np.asarray(pil)
-            bad = int(pixels.size - np.count_nonzero(np.isfinite(pixels)))
-            if bad:
-                raise _NonFinite(f"{bad} pixel(s) are NaN or infinite; they would make the loss NaN")
+        bad = non_finite_pixels(np.asarray(pil)) if pil.mode == "F" else 0
+        if bad:
+            raise _NonFinite(f"{bad} pixel(s) are NaN or infinite; they would make the loss NaN")
 
 
 def _header(path: Path) -> Tuple[Tuple[int, int], str]:

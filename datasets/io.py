@@ -152,11 +152,14 @@ def read_image(path: PathLike, intensity: str = "auto", in_channels: int = 3) ->
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32))
 
 
+def non_finite_pixels(array: np.ndarray) -> int:
+    """How many NaN or infinite values a float image holds (integer images cannot hold any)."""
+    return 0 if array.dtype.kind != "f" else int(array.size - np.count_nonzero(np.isfinite(array)))
+
+
 def check_finite(array: np.ndarray, path: PathLike) -> None:
-    """Raise DataError when a float image holds NaN or infinite pixels (integer images cannot)."""
-    if array.dtype.kind != "f":
-        return
-    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    """Raise DataError when a float image holds NaN or infinite pixels."""
+    bad = non_finite_pixels(array)
     if bad:
         raise DataError(f"{path}: {bad} pixel(s) are NaN or infinite; they would make the loss NaN. "
                         "Replace them (e.g. with 0 or the image's mean) or remove the image")
