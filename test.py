@@ -54,6 +54,8 @@ from utils.registry import DATASETS
 from utils.runtime import select_device
 from utils.transforms import build_transforms
 from utils.visualize import make_grid, mask_image, overlay, save_png, to_display
+from utils.volume_plan import is_volumetric, plan_of_checkpoint
+from utils.volume_predict import predict_volumes
 
 log = logging.getLogger("test")
 
@@ -151,10 +153,12 @@ def run(cfg: Config, ckpt_path: Path, state: Dict[str, Any], input_dir: Optional
     device = select_device(cfg.device)
     model = load_model(cfg, ckpt_path, state, from_config)
     model.to(device).eval()
-    transforms = build_transforms(cfg.transforms.val)
     out_dir = Path(output) if output else Path(cfg.test.output_dir) / cfg.experiment
     num_classes = cfg.data.num_classes
     class_names, palette = class_names_and_palette(cfg)
+    if is_volumetric(cfg):
+        return run_volumes(cfg, model, ckpt_path, state, input_dir, out_dir)
+    transforms = build_transforms(cfg.transforms.val)
     count, samples = iter_samples(cfg, input_dir)
     log.info("predicting %d images with %s (epoch %s) -> %s", count, ckpt_path, state.get("epoch"), out_dir)
 
@@ -193,6 +197,22 @@ def run(cfg: Config, ckpt_path: Path, state: Dict[str, Any], input_dir: Optional
         summary["metrics"] = metrics
         summary["per_image_mean"] = per_image_means(rows, num_classes)
         log.info("%s: %s", summary["source"], format_metrics(metrics))
+    write_json(out_dir / "summary.json", summary)
+    log.info("results written to %s", out_dir)
+    return summary
+
+
+def run_volumes(cfg: Config, model: torch.nn.Module, ckpt_path: Path, state: Dict[str, Any],
+                input_dir: Optional[str], out_dir: Path) -> Dict[str, Any]:
+    """Volumes: each case preprocessed with the checkpoint's plan, predicted, restored (utils/volume_predict.py)."""
+    plan = plan_of_checkpoint(state, ckpt_path)
+    if cfg.inference.tile is None:
+        cfg.inference.tile = tuple(cfg.data.patch_size or plan["patch_size"])
+    log.info("predicting volumes with %s (epoch %s) -> %s", ckpt_path, state.get("epoch"), out_dir)
+    class_names, palette = class_names_and_palette(cfg)
+    summary = {"experiment": cfg.experiment, "checkpoint": str(ckpt_path), "checkpoint_epoch": state.get("epoch"),
+               "source": input_dir or f"split {cfg.test.split}", "num_classes": cfg.data.num_classes,
+               **predict_volumes(model, cfg, plan, out_dir, class_names, palette, input_dir)}
     write_json(out_dir / "summary.json", summary)
     log.info("results written to %s", out_dir)
     return summary

@@ -23,8 +23,9 @@ what an uninterrupted one would.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
@@ -39,18 +40,28 @@ log = logging.getLogger(__name__)
 MAX_LOCATIONS = 10_000
 
 
-def crop_with_padding(image: torch.Tensor, mask: torch.Tensor, start: Sequence[int],
+Array = Union[torch.Tensor, np.ndarray]
+
+
+def crop_with_padding(image: Array, mask: Array, start: Sequence[int],
                       size: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The window ``[start, start + size)`` of an image ``(C, *S)`` and its mask ``(*S)``; where the window
-    leaves the case the image is padded with 0 and the mask with ``IGNORE_INDEX``."""
-    spatial = mask.shape
+    """The window ``[start, start + size)`` of an image ``(C, *S)`` and its mask ``(*S)`` as float32 / int64
+    tensors; where the window leaves the case the image is padded with 0 and the mask with ``IGNORE_INDEX``.
+    Numpy arrays (memory maps of preprocessed cases) are read only inside the window."""
+    spatial = tuple(mask.shape)
     inside = tuple(slice(max(s, 0), min(s + n, d)) for s, n, d in zip(start, size, spatial))
     pads: List[int] = []
     for s, n, d in reversed(list(zip(start, size, spatial))):  # F.pad lists the last axis first
         pads += [max(-s, 0), max(s + n - d, 0)]
-    image_patch = F.pad(image[(slice(None), *inside)], pads, value=0.0)
-    mask_patch = F.pad(mask[inside], pads, value=IGNORE_INDEX)
+    image_patch = F.pad(_tensor(image[(slice(None), *inside)], torch.float32), pads, value=0.0)
+    mask_patch = F.pad(_tensor(mask[inside], torch.int64), pads, value=IGNORE_INDEX)
     return image_patch, mask_patch
+
+
+def _tensor(window: Array, dtype: torch.dtype) -> torch.Tensor:
+    if isinstance(window, np.ndarray):
+        return torch.from_numpy(np.array(window)).to(dtype)  # a copy: the window leaves the memory map
+    return window.to(dtype)
 
 
 def class_locations(mask: torch.Tensor, num_classes: int, seed: int,
@@ -84,11 +95,14 @@ class PatchDataset(Dataset):
     """``length`` random patches of ``patch_size`` from the cases of ``cases`` (drawn with replacement).
 
     ``cases`` is a dataset whose ``load_sample(i)`` gives the raw case
-    ``(image (C, *S) float32, mask (*S) int64)`` (the folder datasets do).
+    ``(image (C, *S) float32, mask (*S) int64)`` (the folder datasets do),
+    or whose ``open_case(i)`` gives memory-mapped arrays with the foreground
+    locations precomputed (preprocessed volumes: only each patch is read).
     Sample ``i`` is forced onto the foreground when its position in its batch
     of ``batch_size`` is among the last ``k`` of that batch, with ``k`` chosen
     so that the share over batches is ``foreground_share`` exactly (nnU-Net
-    forces the last samples of each batch). Cases are kept in memory once read.
+    forces the last samples of each batch). Cases are kept once read (in
+    memory, or as memory maps).
     """
 
     def __init__(self, cases: Any, patch_size: Sequence[int], length: int, batch_size: int,
@@ -114,14 +128,21 @@ class PatchDataset(Dataset):
     def case(self, index: int) -> Tuple[torch.Tensor, torch.Tensor, Dict[int, torch.Tensor]]:
         """Case ``index`` (image, mask, foreground locations), read once and kept."""
         if index not in self._loaded:
-            image, mask = self.cases.load_sample(index)
             name = self.cases.samples[index][0] if hasattr(self.cases, "samples") else f"case {index}"
+            if hasattr(self.cases, "open_case"):
+                image, mask, found = self.cases.open_case(index)
+                locations = {int(c): torch.from_numpy(np.asarray(xyz, dtype=np.int64)) for c, xyz in found.items()
+                             if len(xyz)}
+            else:
+                image, mask = self.cases.load_sample(index)
+                locations = None
             if mask is None:
                 raise DataError(f"{name}: has no mask; patch sampling needs a mask for every training case")
             if len(self.patch_size) != mask.ndim:
                 raise DataError(f"data.patch_size {self.patch_size} has {len(self.patch_size)} axes but {name} "
                                 f"has {mask.ndim} spatial axes {tuple(mask.shape)}; give one size per axis")
-            locations = class_locations(mask, self.num_classes, seed=index)
+            if locations is None:
+                locations = class_locations(mask, self.num_classes, seed=index)
             if not locations and self.foreground_share > 0:
                 log.warning("%s: no foreground pixel; its patches are drawn at random", name)
             self._loaded[index] = (image, mask, locations)

@@ -32,25 +32,32 @@ from utils.sampling import SeededDataset, SeededSampler, collate, worker_init
 from utils.schedulers import build_scheduler as build_lr_scheduler
 from utils.transforms import build_transforms, preview_grid
 from utils.visualize import default_palette, save_png
+from utils.volume_plan import build_volume_datasets, is_volumetric
 
 log = logging.getLogger("train")
 
 
 def build_datasets(cfg: Config, world_size: int = 1) -> Tuple[Dataset, Dataset]:
     """The train and val datasets; with ``data.sampling: patch`` the train set draws random patches of its
-    cases, ``train.iterations_per_epoch`` optimizer steps of them per epoch (over all processes)."""
+    cases, ``train.iterations_per_epoch`` optimizer steps of them per epoch (over all processes). Volumes
+    are planned and preprocessed first (utils/volume_plan.py), which fills ``cfg`` with the plan."""
     kwargs = cfg.dataset_kwargs()
     train_transforms = build_transforms(cfg.transforms.train) if cfg.transforms.train else None
-    if cfg.data.sampling == "patch":
-        t = cfg.train
-        cases = DATASETS.build(cfg.data.name, split="train", transforms=None, **kwargs)
-        train_ds: Dataset = PatchDataset(cases, cfg.data.patch_size, t.iterations_per_epoch * t.batch_size *
-                                         t.accumulate * world_size, t.batch_size, cfg.data.num_classes,
-                                         cfg.data.foreground_oversampling, train_transforms)
+    val_transforms = build_transforms(cfg.transforms.val) if cfg.transforms.val else None
+    if is_volumetric(cfg):
+        cases, val_ds = build_volume_datasets(cfg, val_transforms)
+        if cfg.data.sampling == "image":
+            cases.transforms = train_transforms
     else:
-        train_ds = DATASETS.build(cfg.data.name, split="train", transforms=train_transforms, **kwargs)
-    val_transforms = build_transforms(cfg.transforms.val) if cfg.transforms.val else None  # none: volumes
-    val_ds = DATASETS.build(cfg.data.name, split="val", transforms=val_transforms, **kwargs)
+        cases = DATASETS.build(cfg.data.name, split="train", transforms=None if cfg.data.sampling == "patch"
+                               else train_transforms, **kwargs)
+        val_ds = DATASETS.build(cfg.data.name, split="val", transforms=val_transforms, **kwargs)
+    if cfg.data.sampling != "patch":
+        return cases, val_ds
+    t = cfg.train
+    train_ds = PatchDataset(cases, cfg.data.patch_size, t.iterations_per_epoch * t.batch_size * t.accumulate *
+                            world_size, t.batch_size, cfg.data.num_classes, cfg.data.foreground_oversampling,
+                            train_transforms)
     return train_ds, val_ds
 
 

@@ -30,7 +30,7 @@ from utils.fileio import atomic_open, write_failure
 
 #: What ``best.pt`` keeps: enough to predict, export and report, nothing to resume the optimizer.
 INFERENCE_KEYS = ("model", "ema", "ema_eval", "round", "step", "epoch", "best_metric", "best_round",
-                  "monitor", "history", "config")
+                  "monitor", "history", "config", "plan")
 #: What resuming needs beyond the inference keys.
 RESUME_KEYS = ("optimizer", "scheduler", "scaler")
 

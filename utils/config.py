@@ -1,7 +1,7 @@
 """Experiment configuration: the only place YAML is read.
 
 A config is one self-contained YAML file with the sections ``experiment``,
-``seed``, ``device``, ``data``, ``transforms``, ``model``, ``loss``,
+``seed``, ``device``, ``data``, ``plan`` (volumes), ``transforms``, ``model``, ``loss``,
 ``optimizer``, ``scheduler``, ``train`` and ``test``. :func:`load_config`
 reads it with ``yaml.safe_load``, applies ``--set key.path=value`` overrides
 (values parsed as YAML scalars), fills defaults and validates everything
@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 import yaml
 
 from utils.errors import ConfigError
-from utils.fileio import write_text
+from utils.fileio import write_json, write_text
 from utils.mask_mapping import parse_mask_mapping
 from utils.typecheck import TypeMismatch, check_type, describe_type, describe_value  # noqa: F401 (re-exported)
 from utils.registry import (DATASETS, LOSSES, MODELS, TRANSFORMS, ArgumentError, Registry, check_arguments,
@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------
 
 
+Normalization = Literal["ct", "zscore", "percentile", "none"]
+
+
 @dataclass
 class DataConfig:
     name: str = "folder"
@@ -67,7 +70,22 @@ class DataConfig:
     sampling: Literal["image", "patch"] = "image"
     patch_size: Optional[List[int]] = None
     foreground_oversampling: float = 0.33
+    # volumes (planned from the data when not given; see datasets/volumes/planning.py): voxel size to resample
+    # to, [z, y, x] mm; normalisation per modality (ct | zscore | percentile | none); labels resampled by
+    # nearest or per-class linear; where the preprocessed cases go (default: <data.root>/.preprocessed)
+    target_spacing: Optional[List[float]] = None
+    normalization: Optional[Union[Normalization, List[Normalization]]] = None
+    mask_resampling: Literal["nearest", "linear"] = "nearest"
+    cache_dir: Optional[str] = None
     options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PlanConfig:
+    """Volumes: what planning may spend (the patch size and pooling it picks fit ``memory_gb`` of training
+    activations) and when an axis counts as anisotropic (its spacing over ``anisotropy_threshold`` x the others)."""
+    memory_gb: float = 2.0
+    anisotropy_threshold: float = 3.0
 
 
 @dataclass
@@ -170,6 +188,7 @@ class Config:
     seed: int = 0
     device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     transforms: TransformsConfig = field(default_factory=TransformsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: List[Dict[str, Any]] = field(default_factory=lambda: [{"name": "bce", "weight": 1.0}])
@@ -180,6 +199,8 @@ class Config:
     test: TestConfig = field(default_factory=TestConfig)
     deterministic: bool = False
     source: str = field(default="<dict>", compare=False)
+    # volumes: the plan computed from the data (utils/volume_plan.py); saved as plan.json and in checkpoints
+    volume_plan: Optional[Dict[str, Any]] = field(default=None, compare=False)
 
     @property
     def binary_sigmoid(self) -> bool:
@@ -212,7 +233,7 @@ class Config:
         """The config in its YAML form (open sections flattened again)."""
         out: Dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            if f.name == "source":
+            if f.name in ("source", "volume_plan"):
                 continue
             out[f.name] = _to_plain(getattr(self, f.name))
         return out
@@ -308,7 +329,7 @@ def _build_dataclass(ctx: _Context, cls: Any, keypath: str, raw: Any,
     if not isinstance(raw, dict):
         raise ctx.error(keypath, f"expected a mapping, got {describe_value(raw)}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("options", "source")]
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("options", "source", "volume_plan")]
     values: Dict[str, Any] = {}
     rest: Dict[str, Any] = {}
     for key, value in raw.items():
@@ -387,6 +408,7 @@ def config_from_dict(raw: Any, source: str = "<dict>", overridden: Sequence[str]
     if not cfg.loss:
         raise ctx.error("loss", "needs at least one loss, e.g. [{name: bce}]")
 
+    cfg.plan, _ = _build_dataclass(ctx, PlanConfig, "plan", raw.get("plan"))
     cfg.optimizer, _ = _build_dataclass(ctx, OptimizerConfig, "optimizer", raw.get("optimizer"))
     cfg.scheduler, _ = _build_dataclass(ctx, SchedulerConfig, "scheduler", raw.get("scheduler"))
     cfg.train, _ = _build_dataclass(ctx, TrainConfig, "train", raw.get("train"))
@@ -409,7 +431,7 @@ def _check_consistency(ctx: _Context, cfg: Config, dataset_cls: Any, check_paths
         raise ctx.error("device", f"expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {cfg.device!r}")
     if isinstance(cfg.data.check, bool):  # YAML reads a bare off as false
         cfg.data.check = "quick" if cfg.data.check else "off"
-    _check_sampling(ctx, cfg)
+    _check_sampling(ctx, cfg, planned=getattr(dataset_cls, "volumetric", False))
     if cfg.data.num_workers != "auto" and cfg.data.num_workers < 0:
         raise ctx.error("data.num_workers", f"must be 0 or more, got {cfg.data.num_workers}")
     # A dataset that writes its own files on first use (synthetic) has no folder to check yet.
@@ -422,10 +444,10 @@ def _check_consistency(ctx: _Context, cfg: Config, dataset_cls: Any, check_paths
                             f"--set data.root=/path/to/data")
 
 
-def _check_sampling(ctx: _Context, cfg: Config) -> None:
-    """Patch sampling needs a patch size; the foreground share is a fraction."""
+def _check_sampling(ctx: _Context, cfg: Config, planned: bool) -> None:
+    """Patch sampling needs a patch size (volumes plan one); the foreground share is a fraction."""
     data = cfg.data
-    if data.sampling == "patch" and not data.patch_size:
+    if data.sampling == "patch" and not data.patch_size and not planned:
         raise ctx.error("data.patch_size", "data.sampling: patch needs a patch size per spatial axis, "
                         "e.g. data.patch_size: [256, 256]")
     if data.patch_size is not None and min(data.patch_size, default=0) < 1:
@@ -433,6 +455,12 @@ def _check_sampling(ctx: _Context, cfg: Config) -> None:
     if not 0.0 <= data.foreground_oversampling <= 1.0:
         raise ctx.error("data.foreground_oversampling", f"is a share of the samples in [0, 1], "
                         f"got {data.foreground_oversampling}")
+    if data.target_spacing is not None and (len(data.target_spacing) != 3 or min(data.target_spacing) <= 0):
+        raise ctx.error("data.target_spacing", f"needs three positive voxel sizes [z, y, x] in mm, "
+                        f"got {data.target_spacing}")
+    if cfg.plan.memory_gb <= 0 or cfg.plan.anisotropy_threshold <= 1:
+        raise ctx.error("plan", f"memory_gb must be positive and anisotropy_threshold above 1, got "
+                        f"{cfg.plan.memory_gb} and {cfg.plan.anisotropy_threshold}")
     if cfg.train.iterations_per_epoch < 1:
         raise ctx.error("train.iterations_per_epoch", f"must be at least 1, got {cfg.train.iterations_per_epoch}")
 
@@ -605,7 +633,9 @@ def drop_foreign_model_options(raw: Dict[str, Any], file_model: Any, overridden:
 
 
 def save_config(cfg: Config, path: Union[str, Path]) -> Path:
-    """Write the resolved config as YAML, atomically."""
+    """Write the resolved config as YAML, atomically; for volumes the plan too, as ``plan.json`` beside it."""
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
     header = f"# resolved config of experiment {cfg.experiment!r} (from {cfg.source})\n"
+    if cfg.volume_plan is not None:
+        write_json(Path(path).with_name("plan.json"), cfg.volume_plan)
     return write_text(path, header + text)

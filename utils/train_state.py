@@ -188,7 +188,7 @@ class TrainState:
             "best_metric": self.best, "best_round": self.best_round,
             "validations_since_best": self.validations_since_best,
             "monitor": cfg.train.monitor, "history": self.history, "config": cfg.to_dict(),
-            "interrupted_round": None,
+            "plan": cfg.volume_plan, "interrupted_round": None,
         }
         if interrupted is not None:
             state["interrupted_round"] = {

@@ -151,3 +151,47 @@ def save_png(array_or_image: Union[np.ndarray, Image.Image], path: Union[str, Pa
     img = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
     img.save(path)
     return path
+
+
+def qc_slice_indices(labels: np.ndarray, count: int = 5) -> List[int]:
+    """``count`` indices along the first axis of a (Z, Y, X) label volume spread over its foreground extent
+    (the slice with the most foreground among them); the middle slices when there is no foreground."""
+    per_slice = ((labels > 0) & (labels != IGNORE_INDEX)).reshape(labels.shape[0], -1).sum(axis=1)
+    present = np.flatnonzero(per_slice)
+    low, high = (int(present[0]), int(present[-1])) if len(present) else (0, labels.shape[0] - 1)
+    picks = {int(round(v)) for v in np.linspace(low, high, num=min(count, high - low + 1) + 2)[1:-1]}
+    if len(present):
+        peak = int(np.argmax(per_slice))
+        if peak not in picks and len(picks) >= count:
+            picks.remove(min(picks, key=lambda z: abs(z - peak)))
+        picks.add(peak)
+    return sorted(picks) or [(low + high) // 2]
+
+
+def volume_display(image: np.ndarray) -> np.ndarray:
+    """A (C, Z, Y, X) volume's first channel windowed to its 0.5-99.5 percentiles as (Z, Y, X) uint8 grey."""
+    channel = np.asarray(image[0], dtype=np.float32)
+    lo, hi = np.percentile(channel, [0.5, 99.5]) if channel.size else (0.0, 1.0)
+    scaled = (channel - lo) / (hi - lo) if hi > lo else np.zeros_like(channel)
+    return (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def volume_qc_grid(image: np.ndarray, pred: np.ndarray, palette: np.ndarray, target: Optional[np.ndarray] = None,
+                   count: int = 5, alpha: float = 0.4, tile: int = 256) -> np.ndarray:
+    """A quality-control sheet of a predicted volume: one row per slice (:func:`qc_slice_indices` of the
+    foreground of ``target`` and ``pred`` together), columns image, image with the ground-truth contour
+    (white; omitted without ``target``) and image with the prediction blended in (ground truth in white)."""
+    grey = volume_display(image)
+    union = pred if target is None else np.where((target > 0) & (target != IGNORE_INDEX), target, pred)
+    tiles: List[np.ndarray] = []
+    for z in qc_slice_indices(union, count):
+        shown = np.repeat(grey[z][..., None], 3, axis=-1)
+        gt = None if target is None else target[z]
+        tiles.append(shown)
+        if gt is not None:
+            tiles.append(overlay(shown, np.zeros_like(pred[z]), palette, alpha, gt))
+        tiles.append(overlay(shown, pred[z], palette, alpha, gt))
+    columns = 2 if target is None else 3
+    height, width = pred.shape[1:]
+    scale = tile / max(height, width)
+    return make_grid(tiles, columns=columns, tile_size=(max(1, round(height * scale)), max(1, round(width * scale))))

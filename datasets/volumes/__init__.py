@@ -9,7 +9,10 @@ Layouts, detected in this order:
   ``<case>.pkl`` properties, or split folders ``root/train/``, ``root/val/``
   (and ``root/test/``);
 * **TIFF** — ``root/images/<case>.tif`` + ``root/masks/<case>.tif`` (or
-  ``root/train/images`` ...), spacing from the ``spacing`` argument.
+  ``root/train/images`` ...), spacing from the ``spacing`` argument;
+* **NIfTI folder** — ``root/*.nii.gz`` images without labels (an MSD
+  ``imagesTs/``, or any scans to predict with ``test.py --input``): split
+  ``test`` and ``all`` list them all.
 
 Without split folders the cases are shuffled with ``seed`` and split by
 ``val_fraction`` (``datasets.folder.split_indices``). The cases are readers'
@@ -41,7 +44,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test", "all")
 LAYOUT_HELP = ("expected root/dataset.json (MSD), root/<case>.npz (or root/train/ and root/val/ of them), "
-               "or root/images + root/masks of .tif stacks (or root/train/images ...)")
+               "root/images + root/masks of .tif stacks (or root/train/images ...), or unlabelled root/*.nii.gz")
 Sample = Tuple[Path, Optional[Path]]
 
 __all__ = ["VolumeDataset", "write_nifti"]
@@ -101,7 +104,7 @@ class VolumeDataset(Dataset):
         if self.layout == "npz":
             image, mask, properties = read_npz_case(image_path, self.num_classes)
             mask = mask if mask_path is not None else None
-        elif self.layout == "msd":
+        elif self.layout in ("msd", "nifti"):
             image, mask, properties = read_nifti_case(image_path, mask_path, self.num_classes)
         else:
             image, mask, properties = read_tiff_case(image_path, mask_path, self.num_classes, self.spacing)
@@ -130,7 +133,8 @@ class VolumeDataset(Dataset):
     # ------------------------------------------------------------ discovery
 
     def _find_samples(self, seed: int, val_fraction: float) -> List[Sample]:
-        finders = {"msd": self._msd_samples, "npz": self._npz_samples, "tiff": self._tiff_samples}
+        finders = {"msd": self._msd_samples, "npz": self._npz_samples, "tiff": self._tiff_samples,
+                   "nifti": self._nifti_samples}
         return finders[self.layout](seed, val_fraction)
 
     def _pick(self, cases: List[Sample], seed: int, val_fraction: float) -> List[Sample]:
@@ -155,6 +159,11 @@ class VolumeDataset(Dataset):
                     for case in pair_folder(self.root / name, masks_optional=name == "test")]
         return self._pick(pair_folder(self.root), seed, val_fraction)
 
+    def _nifti_samples(self, seed: int, val_fraction: float) -> List[Sample]:
+        if self.split not in ("test", "all"):
+            return []
+        return [(path, None) for path in sorted(self.root.iterdir()) if path.name.endswith((NIFTI_SUFFIX, ".nii"))]
+
     def _msd_samples(self, seed: int, val_fraction: float) -> List[Sample]:
         training, test = read_msd_lists(self.root)
         if self.split == "test":
@@ -163,7 +172,7 @@ class VolumeDataset(Dataset):
 
 
 def detect_layout(root: Path) -> str:
-    """"msd", "npz" or "tiff" for the folder ``root``; anything else raises."""
+    """"msd", "npz", "tiff" or "nifti" for the folder ``root``; anything else raises."""
     if not root.is_dir():
         raise DataError(f"data.root {root} does not exist; {LAYOUT_HELP}")
     if (root / "dataset.json").is_file():
@@ -172,6 +181,8 @@ def detect_layout(root: Path) -> str:
         return "npz"
     if (root / "images").is_dir() or (root / "train" / "images").is_dir():
         return "tiff"
+    if any(root.glob(f"*{NIFTI_SUFFIX}")) or any(root.glob("*.nii")):
+        return "nifti"
     raise DataError(f"{root}: no volume layout found; {LAYOUT_HELP}")
 
 

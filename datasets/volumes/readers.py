@@ -259,3 +259,11 @@ def read_tiff_case(image_path: Path, mask_path: Optional[Path], num_classes: int
     properties = {"case": case_name(image_path), "format": "tiff",
                   "spacing": check_spacing(spacing, "data.spacing"), "shape": tuple(image.shape[1:])}
     return image, mask, properties
+
+
+def write_tiff_stack(path: Path, volume: np.ndarray) -> None:
+    """Write a ``[Z, Y, X]`` array as a multi-page TIFF, one page per z slice."""
+    from PIL import Image
+
+    pages = [Image.fromarray(np.ascontiguousarray(page)) for page in np.asarray(volume)]
+    pages[0].save(str(path), save_all=True, append_images=pages[1:])
