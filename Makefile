@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help venv test demo demo-data demo-multiclass bench bench-models bench-inference bench-patches clean
+.PHONY: help venv test demo demo-data demo-multiclass demo-3d bench bench-models bench-inference bench-patches clean
 
 help:
 	@echo "make demo   - venv + install, generate demo data, train, test, print where results are"
+	@echo "make demo-3d - synthetic anisotropic volumes: plan, preprocess, train a 3D UNet, predict, QC grids"
 	@echo "make test   - venv + install if missing, run the whole test suite"
 	@echo "make bench  - run the benchmarks under bench/"
 	@echo "make bench-inference - sliding window vs raw tile forwards, img/s per inference mode"
@@ -33,6 +34,14 @@ demo: demo-data
 	@echo "Checkpoints and training curves: checkpoint/demo/  (tensorboard --logdir checkpoint)"
 	@echo "Predictions, overlays, metrics:  results/demo/  (overview.png, summary.json, per_image.csv)"
 
+demo-3d: venv
+	$(PY) -m datasets.synthetic_volumes --out data/volumes_demo
+	$(PY) train.py --config configs/volumes_demo.yaml --overwrite
+	$(PY) test.py --config configs/volumes_demo.yaml
+	@echo ""
+	@echo "Plan, checkpoints, curves:      checkpoint/volumes_demo/  (plan.json; tensorboard --logdir checkpoint)"
+	@echo "Predictions and QC grids:       results/volumes_demo/  (qc/<case>.png, per_case.csv, summary.json)"
+
 demo-multiclass: venv
 	$(PY) -m datasets.synthetic --out data/demo_multiclass --num-classes 4
 	$(PY) train.py --config configs/demo_multiclass.yaml --overwrite
@@ -52,4 +61,4 @@ bench-patches: venv
 	$(PY) bench/patches.py
 
 clean:
-	rm -rf checkpoint results data/demo data/demo_multiclass
+	rm -rf checkpoint results data/demo data/demo_multiclass data/volumes_demo

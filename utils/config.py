@@ -423,7 +423,7 @@ def _check_consistency(ctx: _Context, cfg: Config, dataset_cls: Any, check_paths
     """Cross-field checks: classes vs channels, metric names, ranges, paths."""
     _check_classes(ctx, cfg)
     _check_training(ctx, cfg)
-    _check_inference(ctx, cfg.inference)
+    _check_inference(ctx, cfg.inference, planned=getattr(dataset_cls, "volumetric", False))
     if cfg.test.overlay_color is not None and not all(0 <= v <= 255 for v in cfg.test.overlay_color):
         raise ctx.error("test.overlay_color", f"must be an RGB triple [r, g, b] with values 0-255, "
                         f"got {list(cfg.test.overlay_color)}")
@@ -513,11 +513,12 @@ def _check_training(ctx: _Context, cfg: Config) -> None:
         raise ctx.error("optimizer.lr", f"must be positive, got {cfg.optimizer.lr}")
 
 
-def _check_inference(ctx: _Context, inf: InferenceConfig) -> None:
-    """The one check of the inference settings (utils/inference.py trusts them)."""
+def _check_inference(ctx: _Context, inf: InferenceConfig, planned: bool = False) -> None:
+    """The one check of the inference settings (utils/inference.py trusts them); volumes may leave the tile
+    to the plan (the patch size)."""
     if isinstance(inf.tile, int):
         inf.tile = (inf.tile, inf.tile)
-    if inf.mode == "slide" and inf.tile is None:
+    if inf.mode == "slide" and inf.tile is None and not planned:
         raise ctx.error("inference.tile", "mode: slide needs a tile size, e.g. inference.tile: [512, 1024]")
     if inf.tile is not None and min(inf.tile) < 1:
         raise ctx.error("inference.tile", f"sizes must be positive, got {list(inf.tile)}")

@@ -60,8 +60,9 @@ def plan_overrides(cfg: Config) -> Dict[str, Any]:
 def plan_for(cfg: Config, cases: Any) -> Dict[str, Any]:
     """The plan of the training ``cases`` (the VolumeDataset of the train split)."""
     plan = make_plan(cases, cfg.data.num_classes, cfg.model.in_channels, memory_gb=cfg.plan.memory_gb,
-                     overrides=plan_overrides(cfg), anisotropy_threshold=cfg.plan.anisotropy_threshold,
-                     mask_resampling=cfg.data.mask_resampling)
+                     overrides=plan_overrides(cfg), mask_resampling=cfg.data.mask_resampling,
+                     batch_size=cfg.train.batch_size, base_channels=cfg.model.options.get("base_channels", 32),
+                     seed=cfg.seed, anisotropy_threshold=cfg.plan.anisotropy_threshold)
     log.info("volume plan (%d training cases):\n%s", len(cases), format_plan(plan))
     return plan
 

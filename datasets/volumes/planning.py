@@ -175,9 +175,10 @@ def estimate_memory_gb(patch: Sequence[int], strides: Sequence[Sequence[int]], i
 def _shrunk(spacing: Sequence[float], patch: List[int], median: List[int], min_feature: int,
             max_depth: int) -> Optional[List[int]]:
     """The next smaller patch: the axis largest relative to the median shape cut to the next multiple of its
-    pooling (nnU-Net's order), an axis at ``min_feature`` or below left alone; None when none can shrink."""
+    pooling (nnU-Net's order), an axis at ``2 * min_feature`` or below (one pooling level left) left alone;
+    None when none can shrink."""
     for axis in sorted(range(len(patch)), key=lambda a: -patch[a] / median[a]):
-        if patch[axis] > min_feature:
+        if patch[axis] > 2 * min_feature:
             smaller = list(patch)
             smaller[axis] -= 1
             return _fit(spacing, smaller, min_feature, max_depth)[0]
@@ -280,7 +281,8 @@ def _apply_overrides(plan: Dict[str, Any], overrides: Dict[str, Any]) -> None:
 def make_plan(dataset: Any, num_classes: int, in_channels: int, memory_gb: float = 2.0,
               overrides: Optional[Dict[str, Any]] = None, normalization: Any = None, mask_resampling: str = "nearest",
               batch_size: int = 2, base_channels: int = 32, max_channels: int = 320,
-              fingerprint_data: Optional[Dict[str, Any]] = None, seed: int = 0) -> Dict[str, Any]:
+              fingerprint_data: Optional[Dict[str, Any]] = None, seed: int = 0,
+              anisotropy_threshold: float = 3.0) -> Dict[str, Any]:
     """The plan of ``dataset`` as a JSON-able dict (see the module docstring).
 
     ``normalization``: None ("zscore" for every channel, nnU-Net's default
@@ -302,7 +304,7 @@ def make_plan(dataset: Any, num_classes: int, in_channels: int, memory_gb: float
         normalization = overrides["normalization"]
     schemes = _schemes(normalization, in_channels, "normalization")
     spacing = (_positive_list(overrides["target_spacing"], float, "target_spacing") if "target_spacing" in overrides
-               else target_spacing(fp["spacings"], fp["shapes_after_crop"]))
+               else target_spacing(fp["spacings"], fp["shapes_after_crop"], anisotropy_threshold))
     resampled = [new_shape(shape, s, spacing) for shape, s in zip(fp["shapes_after_crop"], fp["spacings"])]
     median = [int(round(n)) for n in np.median(np.asarray(resampled, dtype=np.float64), axis=0)]
     topology = plan_topology(spacing, median, memory_gb, in_channels, num_classes, base_channels, max_channels,

@@ -275,7 +275,8 @@ def restore_probabilities(probabilities: Any, info: Dict[str, Any]) -> np.ndarra
 
     They are resampled (order 1; order 0 along the coarse axis of an
     anisotropic case) to the cropped shape and placed at the crop box; outside
-    it the case was empty, so there class 0 has probability 1.
+    it the case was empty, so there class 0 has probability 1 (a single
+    sigmoid channel, the foreground's, has probability 0).
     """
     if hasattr(probabilities, "detach"):  # a torch tensor
         probabilities = probabilities.detach().float().cpu().numpy()
@@ -287,7 +288,8 @@ def restore_probabilities(probabilities: Any, info: Dict[str, Any]) -> np.ndarra
     axis = separate_axis_for(info["target_spacing"], info["spacing"])
     cropped = resample_to_shape(probabilities, info["shape_after_crop"], 1, axis, 0)
     restored = np.zeros((probabilities.shape[0], *info["shape"]), dtype=np.float32)
-    restored[0] = 1.0
+    if probabilities.shape[0] > 1:  # softmax: background certain; one sigmoid channel: foreground 0
+        restored[0] = 1.0
     restored[(slice(None), *(slice(a, b) for a, b in info["bbox"]))] = cropped
     return restored
 
