@@ -1,4 +1,4 @@
-"""``FolderDataset``: image/mask pairs read from an images/ and a masks/ folder."""
+"""``FolderDataset``: image/mask pairs read from an image folder and a mask folder, in one of three layouts."""
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
@@ -18,21 +18,44 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test", "all")
 
-LAYOUT_HELP = (
-    "expected either split folders root/train/images + root/train/masks (and val/, test/) "
-    "or a flat root/images + root/masks split into train/val by val_fraction"
-)
+#: mmsegmentation's folder names, found by themselves when data.image_dir and data.mask_dir keep their defaults.
+MMSEG_DIRS = ("img_dir", "ann_dir")
+
+
+def layout_help(image_dir: str = "images", mask_dir: str = "masks") -> str:
+    """The three layouts, with the folder names in use, for error messages."""
+    return (
+        f"expected either split folders root/train/{image_dir} + root/train/{mask_dir} (and val/, test/), "
+        f"mmsegmentation's root/{image_dir}/train + root/{mask_dir}/train (and val/, test/; "
+        f"{MMSEG_DIRS[0]}/ + {MMSEG_DIRS[1]}/ are found without settings), or a flat root/{image_dir} + "
+        f"root/{mask_dir} split into train/val by val_fraction; data.image_dir and data.mask_dir name the "
+        "two folders"
+    )
+
+
+LAYOUT_HELP = layout_help()
+
 
 @DATASETS.register("folder")
 class FolderDataset(Dataset):
-    """Image/mask pairs from root/<split>/{images,masks} or a flat root/{images,masks}.
+    """Image/mask pairs from an image folder and a mask folder, in one of three layouts.
 
-    Images and masks are paired by file stem (``images/a.JPG`` with
-    ``masks/a.png``). With split folders (used when ``root/train/images``
-    exists) ``split`` picks the folder; a flat layout is shuffled with ``seed``
-    and split into train and val by ``val_fraction``. ``split="all"`` takes
-    every pair. A test split may have no masks/ folder: its masks are then
-    all ``IGNORE_INDEX``. Masks are validated as they are loaded.
+    Layouts, detected in this order (``images``/``masks`` stand for
+    ``image_dir``/``mask_dir``), stored as ``layout``:
+
+    * "split": ``root/<split>/images`` + ``root/<split>/masks``;
+    * "mmseg": mmsegmentation's ``root/images/<split>`` + ``root/masks/<split>``;
+      its own names ``img_dir/`` + ``ann_dir/`` are found when ``image_dir``
+      and ``mask_dir`` keep their defaults;
+    * "flat": ``root/images`` + ``root/masks``, shuffled with ``seed`` and
+      split into train and val by ``val_fraction``.
+
+    In the first two ``split`` picks the folder; ``split="all"`` takes every
+    pair. Images and masks are paired by file stem (``images/a.JPG`` with
+    ``masks/a.png``), or by stem plus ``mask_suffix`` (``ISIC_0001.jpg``
+    with ``ISIC_0001_segmentation.png``). A test split may have no mask
+    folder: its masks are then all ``IGNORE_INDEX``. Masks are validated as
+    they are loaded.
 
     ``root``, ``split``, ``num_classes``, ``mask_mapping`` and ``samples``
     are public: they are the ``datasets.io.FileDataset`` protocol through
@@ -54,6 +77,10 @@ class FolderDataset(Dataset):
         val_fraction: share of a flat layout used for val (ignored with split
             folders).
         cache: keep decoded samples in memory (one copy per DataLoader worker).
+        image_dir: name of the image folder (e.g. "image", "img_dir").
+        mask_dir: name of the mask folder (e.g. "label", "ann_dir").
+        mask_suffix: what a mask's file stem adds to its image's
+            (e.g. "_segmentation"); "" pairs equal stems.
     """
 
     #: Whether the dataset creates ``root`` itself (the config layer then skips its existence check).
@@ -74,9 +101,15 @@ class FolderDataset(Dataset):
         intensity: Literal["auto", "percentile", "none"] = "auto",
         val_fraction: float = 0.2,
         cache: bool = False,
+        image_dir: str = "images",
+        mask_dir: str = "masks",
+        mask_suffix: str = "",
     ) -> None:
         _check_arguments(split, num_classes, in_channels, intensity, val_fraction)
+        _check_folder_names(image_dir, mask_dir, mask_suffix)
         self.root = Path(root)
+        self.image_dir, self.mask_dir, self.mask_suffix = image_dir, mask_dir, mask_suffix
+        self.layout = ""  # "split", "mmseg" or "flat", set by _find_samples
         self.split = split
         self.num_classes = num_classes
         self.class_names: Optional[List[str]] = type(self).class_names
@@ -152,33 +185,61 @@ class FolderDataset(Dataset):
     def _find_samples(self, seed: int, val_fraction: float) -> List[Sample]:
         """All (image, mask) pairs of ``self.split`` in this root's layout."""
         if not self.root.is_dir():
-            raise DataError(f"dataset root {self.root} does not exist; {LAYOUT_HELP}")
-        if (self.root / "train" / "images").is_dir():
-            return self._split_folder_samples()
-        if (self.root / "images").is_dir():
+            raise DataError(f"dataset root {self.root} does not exist; {self._help()}")
+        self.layout = self._detect_layout()
+        if self.layout == "flat":
             return self._flat_samples(seed, val_fraction)
-        raise DataError(f"{self.root} has neither train/images/ nor images/; {LAYOUT_HELP}")
+        return self._split_folder_samples()
+
+    def _detect_layout(self) -> str:
+        """"split", "mmseg" or "flat"; mmsegmentation's img_dir/ + ann_dir/ replace default folder names."""
+        images = self.image_dir
+        if (self.root / "train" / images).is_dir():
+            return "split"
+        if (self.root / images / "train").is_dir():
+            return "mmseg"
+        defaults = (self.image_dir, self.mask_dir) == ("images", "masks")
+        if defaults and not (self.root / images).is_dir() and (self.root / MMSEG_DIRS[0] / "train").is_dir():
+            self.image_dir, self.mask_dir = MMSEG_DIRS
+            return "mmseg"
+        if (self.root / images).is_dir():
+            return "flat"
+        raise DataError(f"{self.root} has none of train/{images}/, {images}/train/ and {images}/; {self._help()}")
+
+    def _help(self) -> str:
+        return layout_help(self.image_dir, self.mask_dir)
+
+    def _folders(self, split: Optional[str]) -> Tuple[Path, Path]:
+        """(image folder, mask folder) of ``split`` in this layout (None: the flat layout's)."""
+        if split is None:
+            return self.root / self.image_dir, self.root / self.mask_dir
+        if self.layout == "mmseg":
+            return self.root / self.image_dir / split, self.root / self.mask_dir / split
+        return self.root / split / self.image_dir, self.root / split / self.mask_dir
+
+    def _pairs(self, split: Optional[str], masks_optional: bool) -> List[Sample]:
+        image_folder, mask_folder = self._folders(split)
+        return pair_dirs(image_folder, mask_folder, masks_optional, self.mask_suffix, self._help())
 
     def _split_folder_samples(self) -> List[Sample]:
-        """Pairs from root/<split>/images + masks (every split folder for "all")."""
-        present = [s for s in SPLITS[:3] if (self.root / s / "images").is_dir()]
+        """Pairs from the split folders (every split folder for "all")."""
+        present = [s for s in SPLITS[:3] if self._folders(s)[0].is_dir()]
         if self.split == "all":
-            return [pair for s in present for pair in pair_folder(self.root / s, masks_optional=s == "test")]
+            return [pair for s in present for pair in self._pairs(s, masks_optional=s == "test")]
         if self.split not in present:
             raise DataError(
-                f"{self.root / self.split / 'images'} does not exist; this dataset has the splits "
-                f"{', '.join(present)}"
+                f"{self._folders(self.split)[0]} does not exist; this dataset has the splits {', '.join(present)}"
             )
-        return _non_empty(pair_folder(self.root / self.split, masks_optional=self.split == "test"), self)
+        return _non_empty(self._pairs(self.split, masks_optional=self.split == "test"), self)
 
     def _flat_samples(self, seed: int, val_fraction: float) -> List[Sample]:
-        """Pairs from root/images + root/masks, split into train/val by a seeded shuffle."""
+        """Pairs from the flat image + mask folders, split into train/val by a seeded shuffle."""
         if self.split == "test":
             raise DataError(
-                f"{self.root} has the flat layout images/ + masks/, which has no test split "
-                "(only train, val and all); put test data in test/images + test/masks folders"
+                f"{self.root} has the flat layout {self.image_dir}/ + {self.mask_dir}/, which has no test split "
+                f"(only train, val and all); put test data in test/{self.image_dir} + test/{self.mask_dir} folders"
             )
-        pairs = pair_folder(self.root, masks_optional=self.split == "all")
+        pairs = self._pairs(None, masks_optional=self.split == "all")
         if self.split == "all":
             return pairs
         train, val = split_indices(len(pairs), val_fraction, seed)
@@ -187,21 +248,28 @@ class FolderDataset(Dataset):
 
 
 def pair_folder(folder: Path, masks_optional: bool = False) -> List[Sample]:
-    """Pair ``folder/images/*`` with ``folder/masks/*`` by file stem, sorted by stem.
+    """Pair ``folder/images/*`` with ``folder/masks/*`` by file stem (see :func:`pair_dirs`)."""
+    return pair_dirs(folder / "images", folder / "masks", masks_optional)
 
-    Without a masks/ folder and ``masks_optional`` every mask is None.
-    Unpaired files, duplicate stems and an empty images/ folder raise ValueError.
+
+def pair_dirs(image_dir: Path, mask_dir: Path, masks_optional: bool = False, mask_suffix: str = "",
+              help_text: str = LAYOUT_HELP) -> List[Sample]:
+    """Pair the images of ``image_dir`` with the masks of ``mask_dir``, sorted by image stem.
+
+    The mask of ``a.jpg`` is ``<a + mask_suffix>.<any image suffix>``.
+    Without ``mask_dir`` and ``masks_optional`` every mask is None. Unpaired
+    files, duplicate stems and an empty image folder raise DataError
+    (``help_text`` describes the expected layout).
     """
-    image_dir, mask_dir = folder / "images", folder / "masks"
     images = _by_stem(image_dir)
     if not images:
-        raise DataError(f"{image_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}); {LAYOUT_HELP}")
+        raise DataError(f"{image_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}); {help_text}")
     if masks_optional and not mask_dir.is_dir():
         return [(images[stem], None) for stem in sorted(images)]
     if not mask_dir.is_dir():
         raise DataError(f"{mask_dir} does not exist: every image in {image_dir} needs a mask there")
-    masks = _by_stem(mask_dir)
-    _check_paired(images, masks, image_dir, mask_dir)
+    masks = _masks_by_image_stem(mask_dir, mask_suffix)
+    _check_paired(images, masks, image_dir, mask_dir, mask_suffix)
     return [(images[stem], masks[stem]) for stem in sorted(images)]
 
 
@@ -231,7 +299,21 @@ def _by_stem(folder: Path) -> Dict[str, Path]:
     return files
 
 
-def _check_paired(images: Dict[str, Path], masks: Dict[str, Path], image_dir: Path, mask_dir: Path) -> None:
+def _masks_by_image_stem(mask_dir: Path, mask_suffix: str) -> Dict[str, Path]:
+    """Masks of ``mask_dir`` keyed by their image's stem (theirs less ``mask_suffix``).
+
+    A mask whose stem lacks the suffix gets a key no image stem has (a
+    ``/``), so it is reported as a mask without an image.
+    """
+    masks = _by_stem(mask_dir)
+    if not mask_suffix:
+        return masks
+    return {(stem[:-len(mask_suffix)] if stem.endswith(mask_suffix) else f"/{stem}"): path
+            for stem, path in masks.items()}
+
+
+def _check_paired(images: Dict[str, Path], masks: Dict[str, Path], image_dir: Path, mask_dir: Path,
+                  mask_suffix: str = "") -> None:
     """Raise listing (up to 5 per side) images without a mask and masks without an image."""
     lonely_images = sorted(images.keys() - masks.keys())
     lonely_masks = sorted(masks.keys() - images.keys())
@@ -244,10 +326,14 @@ def _check_paired(images: Dict[str, Path], masks: Dict[str, Path], image_dir: Pa
     if lonely_masks:
         names = [masks[stem].name for stem in lonely_masks]
         problems.append(f"{len(names)} mask(s) in {mask_dir} without an image: {_first(names)}")
-    raise DataError(
-        f"{'; '.join(problems)}. Every image in {image_dir} needs a mask with the same file stem "
-        f"in {mask_dir} (e.g. images/case1.jpg and masks/case1.png)"
-    )
+    if mask_suffix:
+        example = lonely_images[0] if lonely_images else "case1"
+        rule = (f"a mask named after its stem plus data.mask_suffix {mask_suffix!r} in {mask_dir} "
+                f"(expected {mask_dir / (example + mask_suffix)}.png, or another image suffix)")
+    else:
+        rule = (f"a mask with the same file stem in {mask_dir} "
+                f"(e.g. {image_dir.name}/case1.jpg and {mask_dir.name}/case1.png; data.mask_suffix adds to it)")
+    raise DataError(f"{'; '.join(problems)}. Every image in {image_dir} needs {rule}")
 
 
 def _first(names: List[str], limit: int = 5) -> str:
@@ -259,8 +345,8 @@ def _non_empty(samples: List[Sample], dataset: "FolderDataset") -> List[Sample]:
     """``samples``, or a ValueError when the requested split has none."""
     if not samples:
         raise DataError(
-            f"{dataset.root}: the {dataset.split!r} split is empty; with a flat images/ + masks/ "
-            "layout raise val_fraction above 0 or add images"
+            f"{dataset.root}: the {dataset.split!r} split is empty; with a flat {dataset.image_dir}/ + "
+            f"{dataset.mask_dir}/ layout raise val_fraction above 0 or add images"
         )
     return samples
 
@@ -287,6 +373,18 @@ def _check_arguments(split: str, num_classes: int, in_channels: int, intensity: 
         raise DataError(f"intensity must be one of {', '.join(INTENSITY_MODES)}, got {intensity!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+
+
+def _check_folder_names(image_dir: str, mask_dir: str, mask_suffix: str) -> None:
+    """Raise for folder names that are empty, paths or equal, and for a mask suffix with a path separator."""
+    for arg, name in (("image_dir", image_dir), ("mask_dir", mask_dir)):
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise DataError(f"data.{arg} must be a folder name inside data.root (e.g. images), got {name!r}")
+    if image_dir == mask_dir:
+        raise DataError(f"data.image_dir and data.mask_dir must differ, both are {image_dir!r}")
+    if "/" in mask_suffix or "\\" in mask_suffix:
+        raise DataError(f"data.mask_suffix is added to a file stem (e.g. _segmentation), without a path "
+                        f"separator; got {mask_suffix!r}")
 
 
 def _check_mapping_classes(classes: List[int], num_classes: int) -> None:

@@ -89,7 +89,7 @@ def test_sheet_is_reproducible_under_a_seed():
 
 
 def test_mosaic_draws_from_the_dataset(binary_folder: Path):
-    specs = [{"name": "random_crop", "size": 24}, {"name": "mosaic", "size": 48}, {"name": "normalize"}]
+    specs = [{"name": "random_crop", "size": 24}, {"name": "mosaic", "size": 48, "p": 1.0}, {"name": "normalize"}]
     dataset = FolderDataset(root=str(binary_folder), split="train", num_classes=2, mask_mapping="binary",
                             transforms=build_transforms(specs))
     torch.manual_seed(0)

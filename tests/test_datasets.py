@@ -462,7 +462,7 @@ def test_empty_and_missing_folders_are_reported(tmp_path):
     with pytest.raises(DataError, match=r"nowhere does not exist"):
         folder(tmp_path / "nowhere", "train")
     (tmp_path / "other").mkdir()
-    with pytest.raises(DataError, match="neither train/images/ nor images/"):
+    with pytest.raises(DataError, match="none of train/images/, images/train/ and images/"):
         folder(tmp_path / "other", "train")
 
 

@@ -190,7 +190,7 @@ def test_registered_names_and_annotations():
     expected = {
         "resize", "random_resized_crop", "random_crop", "hflip", "vflip",
         "rotate", "color_jitter", "gaussian_blur", "normalize", "random_resize", "random_scale_crop",
-        "photometric_distortion", "affine", "elastic", "gaussian_noise", "mosaic",
+        "photometric_distortion", "affine", "elastic", "gaussian_noise", "mosaic", "pad",
     }
     assert expected <= set(TRANSFORMS.names())
     for name in expected:
@@ -292,6 +292,11 @@ def test_bad_specs_raise():
         ({"name": "mosaic", "size": 8, "center_range": [0.0, 0.5]}, "center_range"),
         ({"name": "mosaic", "size": 8, "center_range": [0.6, 0.4]}, "center_range"),
         ({"name": "mosaic", "size": 8, "p": -1.0}, "p must be in"),
+        ({"name": "mosaic", "size": 8, "seg_pad_val": 256}, "seg_pad_val"),
+        ({"name": "pad"}, "give size"),
+        ({"name": "pad", "size": [8]}, "size must be"),
+        ({"name": "pad", "size_divisor": 0}, "size_divisor"),
+        ({"name": "pad", "size": 8, "seg_pad_val": -1}, "seg_pad_val"),
     ],
     ids=lambda value: value if isinstance(value, str) else spec_id(value),
 )
@@ -447,3 +452,37 @@ def test_random_scale_crop_matches_resize_then_crop():
     first = int(out_mask[0, 0])
     assert out_mask[0].tolist() == [first + i // 2 for i in range(8)]
     assert torch.allclose(out_image[0, 4, 1:7].diff(), torch.tensor(0.5))
+
+
+# --------------------------------------------------------------------------- #
+# pad (mmsegmentation's Pad)
+# --------------------------------------------------------------------------- #
+def test_pad_to_size_at_the_bottom_and_right():
+    mask = block_mask(10, 6, block=2)
+    spec = {"name": "pad", "size": [16, 12], "pad_val": 0.25}
+    out_image, out_mask = build_transforms([spec])(image_of(mask), mask)
+    assert out_image.shape == (3, 16, 12) and out_mask.shape == (16, 12)
+    assert torch.equal(out_mask[:10, :6], mask) and torch.equal(out_image[:, :10, :6], image_of(mask))
+    assert out_mask[10:].eq(IGNORE_INDEX).all() and out_mask[:, 6:].eq(IGNORE_INDEX).all()
+    assert (out_mask == IGNORE_INDEX).sum() == 16 * 12 - 60
+    assert torch.equal(out_image == 0.25, (out_mask == IGNORE_INDEX).expand_as(out_image))
+
+
+def test_pad_to_a_multiple_with_a_class_as_mask_fill():
+    mask = block_mask(33, 64, block=1)
+    spec = {"name": "pad", "size_divisor": 32, "seg_pad_val": 0}
+    out_image, out_mask = build_transforms([spec])(image_of(mask), mask)
+    assert out_image.shape == (3, 64, 64) and torch.equal(out_mask[:33], mask) and out_mask[33:].eq(0).all()
+    assert out_image[:, 33:].eq(0).all()
+    # size first, then up to the multiple; a sample already that size comes back as it is
+    both = build_transforms([{"name": "pad", "size": [40, 40], "size_divisor": 32}])
+    assert both(image_of(mask[:20, :20]), mask[:20, :20])[1].shape == (64, 64)
+    same_image, same_mask = build_transforms([{"name": "pad", "size_divisor": 32}])(image_of(mask[:32]), mask[:32])
+    assert same_image.shape == (3, 32, 64) and torch.equal(same_mask, mask[:32])
+    assert build_transforms([spec])(image_of(mask), None)[1] is None
+
+
+def test_pad_rejects_an_image_larger_than_its_size():
+    mask = block_mask(20, 8, block=1)
+    with pytest.raises(ConfigError, match=r"pad: image size 20x8 is larger than size 16x16; put a crop"):
+        build_transforms([{"name": "pad", "size": 16}])(image_of(mask), mask)

@@ -67,6 +67,14 @@ def test_photometric_distortion_stays_in_range_and_keeps_mask():
         assert (out_image - image).abs().max() > 0.05
 
 
+def test_photometric_distortion_defaults_are_mmsegmentations():
+    # PhotoMetricDistortion(brightness_delta=32, contrast_range=(0.5, 1.5), saturation_range=(0.5, 1.5),
+    # hue_delta=18) on 0-255 images with OpenCV's 0-180 hue, each step with probability 0.5.
+    distortion = build_transforms([{"name": "photometric_distortion"}]).transforms[0]
+    assert distortion.brightness == pytest.approx(32 / 255) and distortion.hue == pytest.approx(18 / 180)
+    assert distortion.contrast == (0.5, 1.5) and distortion.saturation == (0.5, 1.5) and distortion.p == 0.5
+
+
 def test_photometric_distortion_contrast_is_multiplicative():
     image = tv_tensors.Image(torch.tensor([[[0.1, 0.3, 0.6]], [[0.2, 0.2, 0.2]], [[0.0, 0.45, 0.9]]]))
     spec = {"name": "photometric_distortion", "brightness": 0.0, "contrast": [2.0, 2.0],

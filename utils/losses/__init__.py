@@ -19,8 +19,9 @@ Registered names, one module per concern:
 * :mod:`utils.losses.structural`: "ms_ssim" (:class:`MSSSIMLoss`) and the
   UNet 3+ hybrid focal + MS-SSIM + IoU, "hybrid" (:class:`HybridLoss`).
 
-:mod:`utils.losses.common` holds the input checks they share and
-:mod:`utils.losses.combined` their weighted sum. Use a loss on its own::
+:mod:`utils.losses.border` computes the U-Net border weight maps that "bce"
+and "ce" apply with ``border_w0``; :mod:`utils.losses.common` holds the input
+checks the losses share and :mod:`utils.losses.combined` their weighted sum. Use a loss on its own::
 
     from utils.registry import LOSSES
     dice = LOSSES.build("dice", smooth=1.0)
@@ -40,12 +41,13 @@ loss is reported as ``ds_0``, ``ds_1``, ...), or a
 :class:`utils.model_output.ClassGuidedOutput` whose class logits add the
 "cls" term. The criterion casts them to float32 itself.
 """
+from utils.losses.border import BorderWeights, border_weight_map
 from utils.losses.combined import CLS_TERM, CombinedLoss, build_loss, presence_bce
 from utils.losses.common import ClassWeights
 from utils.losses.distribution import BCELoss, CrossEntropyLoss, FocalLoss
 from utils.losses.region import DiceLoss, FocalTverskyLoss, JaccardLoss, LovaszLoss, TverskyLoss
 from utils.losses.structural import MS_SSIM_WEIGHTS, HybridLoss, MSSSIMLoss, ms_ssim, ms_ssim_scales
 
-__all__ = ["BCELoss", "CLS_TERM", "ClassWeights", "CombinedLoss", "CrossEntropyLoss", "DiceLoss", "FocalLoss",
-           "FocalTverskyLoss", "HybridLoss", "JaccardLoss", "LovaszLoss", "MSSSIMLoss", "MS_SSIM_WEIGHTS",
-           "TverskyLoss", "build_loss", "ms_ssim", "ms_ssim_scales", "presence_bce"]
+__all__ = ["BCELoss", "BorderWeights", "CLS_TERM", "ClassWeights", "CombinedLoss", "CrossEntropyLoss", "DiceLoss",
+           "FocalLoss", "FocalTverskyLoss", "HybridLoss", "JaccardLoss", "LovaszLoss", "MSSSIMLoss", "MS_SSIM_WEIGHTS",
+           "TverskyLoss", "border_weight_map", "build_loss", "ms_ssim", "ms_ssim_scales", "presence_bce"]

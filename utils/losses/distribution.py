@@ -1,7 +1,10 @@
 """Pixel-wise (distribution) losses: "bce", "ce" and "focal", each a mean over the labelled pixels.
 
 Each compares the predicted class distribution of every pixel (sigmoid or
-softmax of the logits) with its label; ignored pixels are left out.
+softmax of the logits) with its label; ignored pixels are left out. "bce"
+and "ce" can weight pixels by the U-Net border weight map
+(:mod:`utils.losses.border`): ``border_w0``, ``border_sigma``,
+``border_class_balance``; the mean is then weighted by the map.
 """
 import math
 from typing import Optional
@@ -11,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.constants import IGNORE_INDEX
+from utils.losses.border import border_weights
 from utils.losses.common import (ClassWeights, check_class_weights, class_weight_tensor, masked_mean, target_like,
                                  valid_pixels)
 from utils.registry import LOSSES
@@ -24,22 +28,32 @@ class BCELoss(nn.Module):
     C > 1 channels each channel is an independent sigmoid against the one-hot
     target, and the mean runs over labelled pixels and channels.
 
+    With ``border_w0`` > 0 (or ``border_class_balance``) each pixel's terms
+    are weighted by the U-Net weight map of its target
+    (:mod:`utils.losses.border`) and the mean divides by the summed weights.
+
     Args:
         pos_weight: weight of the positive term, > 0 (e.g. #negatives /
             #positives for a rare foreground); None means 1.
         ignore_index: target value excluded from the loss.
+        border_w0: weight of the U-Net border term, >= 0 (the paper: 10); 0 = off.
+        border_sigma: width of the border term in pixels, > 0 (the paper: 5).
+        border_class_balance: also weight each pixel by its class's balancing
+            weight in its mask (each class present weighs the same).
 
     Shape:
         logits (N, C, H, W) float; target (N, H, W) int64 with values in
         {0, .., max(C, 2) - 1} or ``ignore_index``; output: scalar.
     """
 
-    def __init__(self, pos_weight: Optional[float] = None, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(self, pos_weight: Optional[float] = None, ignore_index: int = IGNORE_INDEX,
+                 border_w0: float = 0.0, border_sigma: float = 5.0, border_class_balance: bool = False) -> None:
         super().__init__()
         if pos_weight is not None and not (pos_weight > 0 and math.isfinite(pos_weight)):
             raise ValueError(f"bce: pos_weight must be a positive number, got {pos_weight}")
         self.pos_weight = pos_weight
         self.ignore_index = ignore_index
+        self.border_weights = border_weights("bce", border_w0, border_sigma, border_class_balance, ignore_index)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         valid, labels = valid_pixels(logits, target, self.ignore_index, "bce")
@@ -48,7 +62,10 @@ class BCELoss(nn.Module):
         per_pixel = F.binary_cross_entropy_with_logits(logits, probs_target, pos_weight=pos_weight,
                                                        reduction="none")
         mask = valid.unsqueeze(1).expand_as(per_pixel)
-        return masked_mean(per_pixel, mask, valid.sum() * logits.shape[1])
+        if self.border_weights is None:
+            return masked_mean(per_pixel, mask, valid.sum() * logits.shape[1])
+        weights = self.border_weights(target).to(per_pixel.dtype)
+        return masked_mean(per_pixel * weights.unsqueeze(1), mask, weights.sum() * logits.shape[1])
 
 
 @LOSSES.register("ce")
@@ -66,6 +83,8 @@ class CrossEntropyLoss(nn.Module):
             only takes numbers.
         ignore_index: target value excluded from the loss.
         label_smoothing: in [0, 1); mixes the one-hot target with a uniform one.
+        border_w0, border_sigma, border_class_balance: the U-Net border
+            weight map, as in "bce"; it multiplies the class weights.
 
     Shape:
         logits (N, C, H, W) float with C >= 2; target (N, H, W) int64 with
@@ -73,13 +92,15 @@ class CrossEntropyLoss(nn.Module):
     """
 
     def __init__(self, class_weights: ClassWeights = None, ignore_index: int = IGNORE_INDEX,
-                 label_smoothing: float = 0.0) -> None:
+                 label_smoothing: float = 0.0, border_w0: float = 0.0, border_sigma: float = 5.0,
+                 border_class_balance: bool = False) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"ce: label_smoothing must lie in [0, 1), got {label_smoothing}")
         self.class_weights = check_class_weights("ce", class_weights)
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
+        self.border_weights = border_weights("ce", border_w0, border_sigma, border_class_balance, ignore_index)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if logits.shape[1] == 1:
@@ -90,6 +111,9 @@ class CrossEntropyLoss(nn.Module):
         per_pixel = F.cross_entropy(logits, labels, weight=weight, reduction="none",
                                     label_smoothing=self.label_smoothing)
         pixel_weights = valid.to(logits.dtype) if weight is None else torch.where(valid, weight[labels], 0.0)
+        if self.border_weights is not None:
+            border = self.border_weights(target).to(per_pixel.dtype)
+            per_pixel, pixel_weights = per_pixel * border, pixel_weights * border
         return masked_mean(per_pixel, valid, pixel_weights.sum())
 
 

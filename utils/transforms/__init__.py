@@ -20,7 +20,7 @@ Where things are (importing this package registers every transform):
 
 * ``base.py``        the call contract, input and argument checks, random draws,
                      ``TorchvisionAdapter`` (a v2 transform as a paired one);
-* ``geometry.py``    resize, crops, flips, rotation, affine;
+* ``geometry.py``    resize, crops, pad, flips, rotation, affine;
 * ``elastic.py``     elastic deformation;
 * ``photometric.py`` colour jitter, blur, noise, photometric distortion, normalize;
 * ``mosaic.py``      mosaic (four samples in one; the dataset binds the source);
@@ -37,7 +37,7 @@ from utils.transforms.base import (IMAGENET_MEAN, IMAGENET_STD, Pair, PairedTran
                                    as_tv_tensors)
 from utils.transforms.compose import Compose
 from utils.transforms.elastic import Elastic, elastic_displacement, warp_pair
-from utils.transforms.geometry import (Affine, HorizontalFlip, RandomCrop, RandomResize, RandomResizedCrop,
+from utils.transforms.geometry import (Affine, HorizontalFlip, Pad, RandomCrop, RandomResize, RandomResizedCrop,
                                        RandomScaleCrop, Resize, Rotate, VerticalFlip)
 from utils.transforms.mosaic import Mosaic
 from utils.transforms.photometric import (ColorJitter, GaussianBlur, GaussianNoise, Normalize, PhotometricDistortion,
@@ -47,7 +47,8 @@ from utils.transforms.preview import preview_grid
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "Pair", "PairedTransform", "TorchvisionAdapter", "as_tv_tensors", "Compose",
     "build_transforms", "preview_grid",
-    "Resize", "RandomResizedCrop", "RandomCrop", "RandomResize", "RandomScaleCrop", "HorizontalFlip", "VerticalFlip",
+    "Resize", "RandomResizedCrop", "RandomCrop", "RandomResize", "RandomScaleCrop", "Pad", "HorizontalFlip",
+    "VerticalFlip",
     "Rotate", "Affine", "Elastic", "elastic_displacement", "warp_pair",
     "ColorJitter", "GaussianBlur", "GaussianNoise", "PhotometricDistortion", "Normalize", "adjust_saturation_hue",
     "Mosaic",

@@ -1,4 +1,4 @@
-"""Geometric transforms: resize, crops, flips, rotation, affine; one random draw moves image and mask.
+"""Geometric transforms: resize, crops, padding, flips, rotation, affine; one random draw moves image and mask.
 
 The image is resampled bilinearly, the mask by nearest neighbour, so no new
 class values appear; padding, rotation and affine maps fill the image with 0
@@ -56,7 +56,7 @@ def _pad_pair(image: torch.Tensor, mask: Optional[torch.Tensor], rows: Span, col
     return tv_tensors.Image(image), None if mask is None else tv_tensors.Mask(mask)
 
 
-def _resize_pair(image: torch.Tensor, mask: Optional[torch.Tensor], size: List[int], antialias: bool = True) -> Pair:
+def resize_pair(image: torch.Tensor, mask: Optional[torch.Tensor], size: List[int], antialias: bool = True) -> Pair:
     """Resize to ``size`` [h, w]: image bilinear, mask NEAREST_EXACT; nothing is done at that size already."""
     if list(image.shape[-2:]) == list(size):
         return tv_tensors.Image(image), None if mask is None else tv_tensors.Mask(mask)
@@ -121,7 +121,7 @@ class Resize(PairedTransform):
         self.antialias = antialias
 
     def apply(self, image: tv_tensors.Image, mask: Optional[tv_tensors.Mask]) -> Pair:
-        return _resize_pair(image, mask, self.size, self.antialias)
+        return resize_pair(image, mask, self.size, self.antialias)
 
     def __repr__(self) -> str:
         return f"Resize(size={self.size}, antialias={self.antialias})"
@@ -234,7 +234,7 @@ class RandomResize(PairedTransform):
 
     def apply(self, image: tv_tensors.Image, mask: Optional[tv_tensors.Mask]) -> Pair:
         size = self.output_size(*image.shape[-2:], uniform(*self.ratio_range))
-        return _resize_pair(image, mask, size)
+        return resize_pair(image, mask, size)
 
     def __repr__(self) -> str:
         return f"RandomResize(scale={self.scale}, ratio_range={list(self.ratio_range)}, keep_ratio={self.keep_ratio})"
@@ -284,11 +284,71 @@ class RandomScaleCrop(PairedTransform):
             lambda: (self._span(height, out_h, factor), self._span(width, out_w, factor)), mask, self.cat_max_ratio
         )
         resized = [out_h - rows[2] - rows[3], out_w - cols[2] - cols[3]]
-        image, mask = _resize_pair(_crop(image, rows, cols), None if mask is None else _crop(mask, rows, cols), resized)
+        image, mask = resize_pair(_crop(image, rows, cols), None if mask is None else _crop(mask, rows, cols), resized)
         return _pad_pair(image, mask, rows, cols)
 
     def __repr__(self) -> str:
         return f"RandomScaleCrop(size={self.size}, scale={list(self.scale)}, cat_max_ratio={self.cat_max_ratio})"
+
+
+# Ours, not v2.Pad: v2 pads by fixed amounts; this pads up to a size or a multiple, as mmsegmentation's Pad.
+@TRANSFORMS.register("pad")
+class Pad(PairedTransform):
+    """Pad at the bottom and right up to ``size``, then to a multiple of ``size_divisor`` (mmsegmentation's ``Pad``).
+
+    The image is filled with ``pad_val`` on its own scale (images are floats
+    in [0, 1] before ``normalize``; after it, 0 is the mean), the mask with
+    ``seg_pad_val`` (IGNORE_INDEX, mmsegmentation's 255, so the padding is
+    never learnt). Give ``size``, ``size_divisor`` or both; an image larger
+    than ``size`` raises (crop it first), one as large is returned as it is.
+
+    Args:
+        size: size to pad to; an int gives a square (size, size), a list is [h, w].
+        size_divisor: pad each side up to a multiple of this (e.g. 32).
+        pad_val: image fill value.
+        seg_pad_val: mask fill value (a class index or IGNORE_INDEX).
+    """
+
+    def __init__(self, size: Optional[Union[int, List[int]]] = None, size_divisor: Optional[int] = None,
+                 pad_val: float = 0.0, seg_pad_val: int = IGNORE_INDEX) -> None:
+        if size is None and size_divisor is None:
+            raise ConfigError("pad: give size ([h, w] to pad to) or size_divisor (pad to a multiple), or both")
+        self.size = None if size is None else size_hw(size, "pad")
+        if size_divisor is not None and size_divisor < 1:
+            raise ConfigError(f"pad: size_divisor must be a positive int, got {size_divisor!r}")
+        if not 0 <= seg_pad_val <= IGNORE_INDEX:
+            raise ConfigError(f"pad: seg_pad_val must be a class index or {IGNORE_INDEX} (ignore), got {seg_pad_val!r}")
+        self.size_divisor, self.pad_val, self.seg_pad_val = size_divisor, float(pad_val), int(seg_pad_val)
+
+    def output_size(self, height: int, width: int) -> List[int]:
+        """The [h, w] an image of ``height`` x ``width`` is padded to."""
+        out = [height, width]
+        if self.size is not None:
+            if height > self.size[0] or width > self.size[1]:
+                raise ConfigError(
+                    f"pad: image size {height}x{width} is larger than size {self.size[0]}x{self.size[1]}; "
+                    "put a crop (random_crop) before pad or raise its size"
+                )
+            out = list(self.size)
+        if self.size_divisor is not None:
+            out = [-(-s // self.size_divisor) * self.size_divisor for s in out]
+        return out
+
+    def apply(self, image: tv_tensors.Image, mask: Optional[tv_tensors.Mask]) -> Pair:
+        height, width = image.shape[-2:]
+        out_h, out_w = self.output_size(height, width)
+        padding = [0, out_w - width, 0, out_h - height]
+        if not any(padding):
+            return image, mask
+        image = tv_tensors.Image(torch.nn.functional.pad(image.as_subclass(torch.Tensor), padding, value=self.pad_val))
+        if mask is not None:
+            mask = tv_tensors.Mask(torch.nn.functional.pad(mask.as_subclass(torch.Tensor), padding,
+                                                           value=self.seg_pad_val))
+        return image, mask
+
+    def __repr__(self) -> str:
+        return (f"Pad(size={self.size}, size_divisor={self.size_divisor}, pad_val={self.pad_val}, "
+                f"seg_pad_val={self.seg_pad_val})")
 
 
 # --------------------------------------------------------------------------- #

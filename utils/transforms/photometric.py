@@ -143,8 +143,10 @@ class PhotometricDistortion(PairedTransform):
     of the colour circle drawn from [-hue, hue]). Each step happens with
     probability ``p``; values are clamped to [0, 1] after every step, so put
     this before ``normalize``. Saturation and hue are skipped on 1-channel
-    images. (mmsegmentation's defaults are brightness_delta=32 of 255, ranges
-    0.5-1.5 and hue_delta=18 OpenCV units, i.e. hue 0.1 here.)
+    images. The defaults are mmsegmentation's: brightness_delta 32 (of 255),
+    contrast and saturation ranges (0.5, 1.5), hue_delta 18 (of OpenCV's 180
+    hue units, i.e. 0.1 of the circle), each step with probability 0.5.
+    (mmsegmentation draws the hue shift as a whole unit, here it is continuous.)
 
     Args:
         brightness: largest brightness shift on the [0, 1] scale, >= 0.
@@ -159,7 +161,7 @@ class PhotometricDistortion(PairedTransform):
         brightness: float = 32 / 255,
         contrast: List[float] = [0.5, 1.5],
         saturation: List[float] = [0.5, 1.5],
-        hue: float = 0.05,
+        hue: float = 18 / 180,
         p: float = 0.5,
     ) -> None:
         name = "photometric_distortion"
