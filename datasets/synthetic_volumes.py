@@ -4,8 +4,8 @@ Each case is a body (an elliptic cylinder of textured tissue, 0 outside it,
 so non-zero cropping has work to do) holding an organ (class 1, an ellipsoid
 brighter than the tissue, with its own texture) and a lesion (class 2, a
 small darker ellipsoid inside or beside the organ), in Rician-like noise.
-Voxels are anisotropic: about 3 mm between slices and 1 mm in plane, jittered
-per case (z 2.5-3.5 mm, in-plane 0.9-1.1 mm), so planning has a spacing to
+Voxels are anisotropic: about 3.5 mm between slices and 1 mm in plane, jittered
+per case (z 3-4 mm, in-plane 0.9-1.1 mm), so planning has a spacing to
 choose and an anisotropic axis to respect. Shapes vary per case.
 
 Written as ``<out>/train/<case>.npz`` (``data`` [1, Z, Y, X] float32, ``seg``
@@ -70,7 +70,7 @@ def generate(out: Path, num_train: int = 8, num_val: int = 2, num_test: int = 1,
 
 def render_case(rng: np.random.Generator, voxel_scale: float = 1.0) -> Tuple[np.ndarray, np.ndarray, List[float]]:
     """One case: image [1, Z, Y, X] float32, labels [Z, Y, X] uint8, spacing [z, y, x] in mm."""
-    spacing = [voxel_scale * float(rng.uniform(2.5, 3.5)), *([voxel_scale * float(rng.uniform(0.9, 1.1))] * 2)]
+    spacing = [voxel_scale * float(rng.uniform(3.0, 4.0)), *([voxel_scale * float(rng.uniform(0.9, 1.1))] * 2)]
     extent = np.array([rng.uniform(66, 84), rng.uniform(100, 120), rng.uniform(100, 120)])  # mm
     shape = tuple(int(round(e / s)) for e, s in zip(extent, spacing))
     zz, yy, xx = np.meshgrid(*[(np.arange(n) + 0.5) * s for n, s in zip(shape, spacing)], indexing="ij")
