@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help venv test demo demo-data demo-multiclass demo-3d bench bench-models bench-inference bench-patches clean
+.PHONY: help venv test demo demo-data demo-multiclass demo-3d bench bench-models bench-inference bench-patches bench-augment3d clean
 
 help:
 	@echo "make demo   - venv + install, generate demo data, train, test, print where results are"
@@ -12,6 +12,7 @@ help:
 	@echo "make bench  - run the benchmarks under bench/"
 	@echo "make bench-inference - sliding window vs raw tile forwards, img/s per inference mode"
 	@echo "make bench-patches - patch loader samples/s against the model's training samples/s"
+	@echo "make bench-augment3d - nnU-Net's augmentations, samples/s on a volume patch and an image"
 	@echo "make clean  - remove checkpoint/, results/ and data/demo*"
 
 $(VENV)/.installed: requirements.txt
@@ -59,6 +60,9 @@ bench-inference: venv
 
 bench-patches: venv
 	$(PY) bench/patches.py
+
+bench-augment3d: venv
+	$(PY) bench/augment3d.py
 
 clean:
 	rm -rf checkpoint results data/demo data/demo_multiclass data/volumes_demo

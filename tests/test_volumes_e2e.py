@@ -25,7 +25,7 @@ def volume_config(tmp_path: Path, root: Path, name: str, **data) -> Path:
            "data": {"name": "volumes", "root": str(root), "num_classes": 3, "num_workers": 0, "sampling": "patch",
                     "normalization": "zscore", **data},
            "plan": {"memory_gb": 0.6},
-           "transforms": {"train": [{"name": "mirror"}], "val": []},
+           "transforms": {"train": [{"name": "nnunet_mirror"}, {"name": "nnunet_gamma"}], "val": []},
            "model": {"name": "unet", "dims": 3, "in_channels": 1, "out_channels": 3, "base_channels": 4,
                      "norm": "instance", "activation": "leaky_relu", "deep_supervision": True},
            "loss": [{"name": "ce"}, {"name": "dice"}],

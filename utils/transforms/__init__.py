@@ -2,9 +2,10 @@
 
 Every transform is called as ``image, mask = t(image, mask)``:
 
-* ``image`` is a float ``tv_tensors.Image`` of shape (C, H, W), C = 1 or 3;
-* ``mask`` is an int64 ``tv_tensors.Mask`` of shape (H, W), or ``None`` when
-  there is no label (then ``(image, None)`` comes back).
+* ``image`` is a float ``tv_tensors.Image`` of shape (C, H, W), C = 1 or 3,
+  or for the ``nnunet_*`` transforms also a volume (C, Z, Y, X);
+* ``mask`` is an int64 ``tv_tensors.Mask`` of the image's spatial shape, or
+  ``None`` when there is no label (then ``(image, None)`` comes back).
 
 Geometric transforms make one random draw and apply it to both; the mask is
 only resampled by nearest neighbour, so no new class values appear except
@@ -24,6 +25,9 @@ Where things are (importing this package registers every transform):
 * ``elastic.py``     elastic deformation;
 * ``photometric.py`` colour jitter, blur, noise, photometric distortion, normalize;
 * ``mosaic.py``      mosaic (four samples in one; the dataset binds the source);
+* ``nnunet.py``      nnU-Net's augmentations for images and volumes: rotation and
+                     scaling, mirroring, noise, blur, brightness, contrast, low
+                     resolution, gamma (its docstring lists the default pipeline);
 * ``compose.py``     ``Compose``, the pipeline;
 * ``preview.py``     ``preview_grid``, the sheet ``train.py --preview-augmentations`` writes.
 """
@@ -40,6 +44,7 @@ from utils.transforms.elastic import Elastic, elastic_displacement, warp_pair
 from utils.transforms.geometry import (Affine, HorizontalFlip, Pad, RandomCrop, RandomResize, RandomResizedCrop,
                                        RandomScaleCrop, Resize, Rotate, VerticalFlip)
 from utils.transforms.mosaic import Mosaic
+from utils.transforms.nnunet import Blur, Brightness, Contrast, Gamma, LowResolution, Mirror, Noise, Spatial
 from utils.transforms.photometric import (ColorJitter, GaussianBlur, GaussianNoise, Normalize, PhotometricDistortion,
                                           adjust_saturation_hue)
 from utils.transforms.preview import preview_grid
@@ -52,6 +57,7 @@ __all__ = [
     "Rotate", "Affine", "Elastic", "elastic_displacement", "warp_pair",
     "ColorJitter", "GaussianBlur", "GaussianNoise", "PhotometricDistortion", "Normalize", "adjust_saturation_hue",
     "Mosaic",
+    "Spatial", "Mirror", "Noise", "Blur", "Brightness", "Contrast", "LowResolution", "Gamma",
 ]
 
 

@@ -1,8 +1,10 @@
 """What every paired transform shares: the call contract, input checks, argument checks, random draws.
 
 A transform is called as ``image, mask = t(image, mask)`` and subclasses
-:class:`PairedTransform`, implementing ``apply`` on tv_tensors. A torchvision
-v2 transform becomes a paired one through :class:`TorchvisionAdapter`.
+:class:`PairedTransform`, implementing ``apply`` on tv_tensors: images
+(C, H, W) with masks (H, W), and volumes (C, Z, Y, X) with masks (Z, Y, X)
+for the transforms that say ``volumes = True`` (the others refuse them). A
+torchvision v2 transform becomes a paired one through :class:`TorchvisionAdapter`.
 Argument checks raise :class:`~utils.errors.ConfigError` naming the transform
 and the argument. Random draws use torch's global generator (seeded per
 DataLoader worker).
@@ -17,6 +19,7 @@ from torchvision.transforms import v2
 
 from utils.constants import IGNORE_INDEX
 from utils.errors import ConfigError
+from utils.registry import TRANSFORMS
 
 IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -35,30 +38,52 @@ Pair = Tuple[tv_tensors.Image, Optional[tv_tensors.Mask]]
 # Inputs and base classes
 # --------------------------------------------------------------------------- #
 def as_tv_tensors(image: torch.Tensor, mask: Optional[torch.Tensor]) -> Pair:
-    """Wrap plain tensors as ``Image`` / ``Mask`` (no copy) and check them."""
+    """Wrap plain tensors as ``Image`` / ``Mask`` (no copy) and check them.
+
+    The image is (C, H, W) or a volume (C, Z, Y, X); the mask has the image's
+    spatial shape.
+    """
     if not isinstance(image, tv_tensors.Image):
         image = tv_tensors.Image(image)
-    if not image.is_floating_point() or image.ndim != 3:
+    if not image.is_floating_point() or image.ndim not in (3, 4):
         raise TypeError(
-            f"transforms expect a float image of shape (C, H, W), got {image.dtype} {tuple(image.shape)}; "
-            "convert uint8 images with image.float() / 255"
+            f"transforms expect a float image of shape (C, H, W) or (C, Z, Y, X), got {image.dtype} "
+            f"{tuple(image.shape)}; convert uint8 images with image.float() / 255"
         )
     if mask is None:
         return image, None
     if not isinstance(mask, tv_tensors.Mask):
         mask = tv_tensors.Mask(mask)
-    if mask.dtype != torch.int64 or mask.ndim != 2:
-        raise TypeError(f"transforms expect an int64 mask of shape (H, W), got {mask.dtype} {tuple(mask.shape)}")
-    if image.shape[-2:] != mask.shape:
-        raise ValueError(f"image size {tuple(image.shape[-2:])} differs from mask size {tuple(mask.shape)}")
+    if mask.dtype != torch.int64 or mask.ndim != image.ndim - 1:
+        raise TypeError(f"transforms expect an int64 mask of shape {'(H, W)' if image.ndim == 3 else '(Z, Y, X)'}, "
+                        f"got {mask.dtype} {tuple(mask.shape)}")
+    if image.shape[1:] != mask.shape:
+        raise ValueError(f"image size {tuple(image.shape[1:])} differs from mask size {tuple(mask.shape)}")
     return image, mask
 
 
+def _registered_name(cls: type) -> str:
+    """The name ``cls`` is registered under in ``TRANSFORMS`` (its class name if none)."""
+    return next((name for name in TRANSFORMS.names() if TRANSFORMS.get(name) is cls), cls.__name__)
+
+
 class PairedTransform:
-    """Base class: ``image, mask = t(image, mask)``; subclasses implement ``apply``."""
+    """Base class: ``image, mask = t(image, mask)``; subclasses implement ``apply``.
+
+    ``volumes = True`` marks a transform that also takes volumes
+    (C, Z, Y, X); the others take (C, H, W) images only and refuse volumes.
+    """
+
+    volumes = False
 
     def __call__(self, image: torch.Tensor, mask: Optional[torch.Tensor] = None) -> Pair:
-        return self.apply(*as_tv_tensors(image, mask))
+        image, mask = as_tv_tensors(image, mask)
+        if image.ndim != 3 and not self.volumes:
+            raise ConfigError(
+                f"transform {_registered_name(type(self))!r} takes 2D images (C, H, W), got a volume "
+                f"{tuple(image.shape)}; for volumes list the nnunet_* transforms (utils/transforms/nnunet.py)"
+            )
+        return self.apply(image, mask)
 
     def apply(self, image: tv_tensors.Image, mask: Optional[tv_tensors.Mask]) -> Pair:
         raise NotImplementedError
@@ -122,6 +147,19 @@ def check_interval(values: List[float], name: str, arg: str, low: float, high: f
 def check_range(values: List[float], name: str, arg: str) -> Tuple[float, float]:
     """A ``[min, max]`` pair with ``0 < min <= max`` (scale factors, ratios)."""
     return check_interval(values, name, arg, 0.0, float("inf"))
+
+
+def check_closed(values: List[float], name: str, arg: str, low: float, high: float) -> Tuple[float, float]:
+    """A ``[min, max]`` pair with ``low <= min <= max <= high``."""
+    if len(values) != 2 or not low <= values[0] <= values[1] <= high:
+        raise ConfigError(f"{name}: {arg} must be [min, max] with {low} <= min <= max <= {high}, got {values!r}")
+    return float(values[0]), float(values[1])
+
+
+def check_flag(value: bool, name: str, arg: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: {arg} must be true or false, got {value!r}")
+    return value
 
 
 def check_non_negative(value: float, name: str, arg: str) -> float:

@@ -27,7 +27,8 @@ def warp_pair(image: torch.Tensor, mask: Optional[torch.Tensor], grid: torch.Ten
     """Resample at a (1, H, W, 2) ``grid_sample`` grid (normalised, ``align_corners=False``).
 
     The image is read bilinearly and the mask by nearest neighbour from the
-    same points; points outside the input give 0 and IGNORE_INDEX.
+    same points; points outside the input give 0 and IGNORE_INDEX. Volumes
+    (C, Z, Y, X) take a (1, Z, Y, X, 3) grid and are read trilinearly.
     """
     sample = torch.nn.functional.grid_sample
     plain = image.as_subclass(torch.Tensor)[None]
