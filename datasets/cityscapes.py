@@ -16,21 +16,24 @@ of the official ``cityscapesscripts/helpers/labels.py`` (:data:`LABEL_ID_TO_TRAI
 
 The gtFine test files of the official download hold no labels (every pixel
 maps to ``IGNORE_INDEX``); they are read when present, and a test split
-without them has no masks. Predictions are train ids 0..18: the benchmark
-server expects label ids (map each train id back to its ``TRAIN_LABEL_IDS``
-entry before submitting).
+without them has no masks. Predictions are train ids 0..18; the benchmark
+server expects label ids: :class:`SubmissionWriter` maps each train id back
+(:data:`TRAIN_ID_TO_LABEL_ID`) and writes the PNGs the server reads, which
+test.py does on the test split (``test.submission``).
 """
 import logging
+import re
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Union
 
 import numpy as np
+from PIL import Image
 
 from datasets.folder import FolderDataset, Sample
 from utils.constants import IGNORE_INDEX
 from utils.mask_mapping import IdentityMapping, MaskMapping
 from utils.registry import DATASETS
-from utils.errors import DataError
+from utils.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +81,10 @@ def _label_id_table() -> np.ndarray:
 
 #: ``LABEL_ID_TO_TRAIN_ID[label_id]`` is the train id (or ``IGNORE_INDEX``) of a labelIds pixel.
 LABEL_ID_TO_TRAIN_ID = _label_id_table()
+
+#: ``TRAIN_ID_TO_LABEL_ID[train_id]`` is the label id the benchmark server expects: the inverse of
+#: :data:`LABEL_ID_TO_TRAIN_ID`, from the same list (:data:`TRAIN_LABEL_IDS`).
+TRAIN_ID_TO_LABEL_ID = np.asarray(TRAIN_LABEL_IDS, dtype=np.uint8)
 
 
 def _palette() -> np.ndarray:
@@ -225,3 +232,71 @@ def _describe_masks(masks: List[Path], count: int) -> str:
         return "none (no gtFine files)"
     kind = "labelTrainIds as they are" if masks[0].name.endswith(TRAIN_IDS_SUFFIX) else "labelIds mapped to train ids"
     return f"{kind} ({len(masks)} of {count} images)"
+
+
+# ------------------------------------------------------------ benchmark submission
+
+#: The folder of ``<out>`` that test.py fills with the benchmark server's PNGs (zip its files as they are).
+SUBMISSION_FOLDER = "cityscapes_submission"
+SUBMISSION_SETTINGS = ("auto", "on", "off")
+_FRAME = re.compile(r"^([^_]+)_(\d{6})_(\d{6})")  # <city>_<seq>_<frame>, how the server pairs files
+
+
+def submission_wanted(setting: Union[str, bool], data_name: str, split: Optional[str]) -> bool:
+    """Whether test.py writes the benchmark PNGs, for ``test.submission``.
+
+    ``auto``: for Cityscapes on its test split (``split`` None: a ``--input``
+    folder, no); ``on``: on any split of Cityscapes; ``off``: never. YAML's
+    bare on/off arrive as booleans and count as on/off.
+    """
+    if isinstance(setting, bool):
+        setting = "on" if setting else "off"
+    if setting not in SUBMISSION_SETTINGS:
+        raise ConfigError(f"test.submission: expected one of {', '.join(SUBMISSION_SETTINGS)}, got {setting!r}")
+    if setting == "off":
+        return False
+    if data_name != "cityscapes":
+        if setting == "on":
+            raise ConfigError(f"test.submission: on writes Cityscapes benchmark files (label ids), but data.name "
+                              f"is {data_name!r}; set test.submission: auto (or off)")
+        return False
+    return setting == "on" or split == "test"
+
+
+def label_id_image(train_ids: np.ndarray) -> Image.Image:
+    """Predicted train ids (H, W) 0..18 -> the single-channel 8-bit PNG of label ids the server reads."""
+    train_ids = np.asarray(train_ids)
+    if train_ids.size and (train_ids.min() < 0 or train_ids.max() >= NUM_CLASSES):
+        raise ValueError(f"label_id_image: train ids must lie in 0..{NUM_CLASSES - 1}, got values "
+                         f"{int(train_ids.min())}..{int(train_ids.max())}")
+    return Image.fromarray(TRAIN_ID_TO_LABEL_ID[train_ids], mode="L")
+
+
+class SubmissionWriter:
+    """Writes ``<folder>/<city>_<seq>_<frame>_leftImg8bit.png`` label-id PNGs, flat, for the benchmark server.
+
+    Each PNG has the size of the prediction given (test.py predicts at the
+    image's original size, 2048x1024). An image name that does not start with
+    ``<city>_<seq>_<frame>`` is written under its own name, with a warning:
+    the server pairs files by that prefix.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.count = 0
+        self._warned = False
+
+    def write(self, image_name: str, train_ids: np.ndarray) -> Path:
+        """Write the label ids of ``train_ids`` (H, W) for the image ``image_name`` (a file name or stem)."""
+        stem = image_name[:-len(".png")] if image_name.endswith(".png") else image_name
+        match = _FRAME.match(stem)
+        if match is None and not self._warned:
+            logger.warning("%s: not named <city>_<seq>_<frame>_leftImg8bit; its submission file keeps the name, "
+                           "which the benchmark server will not pair with a frame", image_name)
+            self._warned = True
+        name = f"{match.group(0)}{IMAGE_SUFFIX}" if match else f"{stem}.png"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / name
+        label_id_image(train_ids).save(path)
+        self.count += 1
+        return path

@@ -315,6 +315,13 @@ def test_input_folder_problems(case: str, trained: Path, tmp_path: Path) -> None
     error_line(run_entry(args, trained), needle)
 
 
+def test_bare_test_py_without_any_run(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint" / "cut").mkdir(parents=True)
+    (tmp_path / "checkpoint" / "cut" / "last.pt").write_bytes(b"")  # a run cut short has no best.pt
+    error_line(run_entry(predict_cmd(), tmp_path), "no --config/--checkpoint given", "checkpoint/",
+               "train first", "--config CONFIG / --checkpoint PATH")
+
+
 def test_output_that_is_a_file(trained: Path, tmp_path: Path) -> None:
     (tmp_path / "taken").write_text("")
     args = predict_cmd("--config", str(trained / "cfg.yaml"), "--output", str(tmp_path / "taken"))

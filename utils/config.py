@@ -180,6 +180,8 @@ class TestConfig:
     overlay_alpha: float = 0.35
     overlay_color: Optional[Tuple[int, int, int]] = None   # binary: RGB of the predicted foreground
     save_overlays: bool = True
+    # benchmark files (Cityscapes: label-id PNGs in <out>/cityscapes_submission/): auto = on the test split
+    submission: Union[Literal["auto", "on", "off"], bool] = "auto"
 
 
 @dataclass

@@ -8,6 +8,7 @@
   old run's files on ``--overwrite``, creates the folder and deletes temp
   files that a killed write left behind.
 * :func:`removed_if_failed`: a start that fails leaves no folder it created.
+* :func:`most_recent_best`: the ``best.pt`` of the newest run, for a bare ``python test.py``.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator, List, Optional
 
-from utils.errors import ConfigError, UserError
+from utils.errors import CheckpointError, ConfigError, UserError
 
 log = logging.getLogger("train")
 
@@ -81,3 +82,14 @@ def removed_if_failed(run_dir: Path, enabled: bool = True) -> Iterator[None]:
         if enabled and not existed and run_dir.is_dir() and not trained:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+
+
+def most_recent_best(checkpoint_dir: Path) -> Path:
+    """The newest ``<checkpoint_dir>/*/best.pt`` by modification time (``last.pt`` files are not considered:
+    they may be a run cut short); CheckpointError saying what to do when there is none."""
+    found = [path for path in Path(checkpoint_dir).glob("*/best.pt") if path.is_file()]
+    if not found:
+        raise CheckpointError(f"no --config/--checkpoint given and no trained run in {checkpoint_dir}/ (no "
+                              f"{Path(checkpoint_dir) / '*' / 'best.pt'}): train first (python train.py --config "
+                              "configs/demo.yaml) or pass --config CONFIG / --checkpoint PATH")
+    return max(found, key=lambda path: (path.stat().st_mtime, str(path)))
