@@ -62,16 +62,21 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def tile_batches(image: torch.Tensor, tile: Tuple[int, int], overlap: float, tile_batch: int,
+def tile_batches(image: torch.Tensor, tile: Tuple[int, ...], overlap: float, tile_batch: int,
                  device: torch.device) -> List[torch.Tensor]:
-    """The stacked tile batches the sliding window runs (zero-padded to the tile, as it does), on ``device``."""
-    n, _, h, w = image.shape
-    th, tw = tile
-    ph, pw = max(h, th), max(w, tw)
-    top, left = (ph - h) // 2, (pw - w) // 2
-    padded = torch.nn.functional.pad(image, (left, pw - w - left, top, ph - h - top))
-    jobs = [(i, y, x) for i in range(n) for y, x in tile_origins((ph, pw), tile, overlap)]
-    return [torch.stack([padded[i, :, y:y + th, x:x + tw] for i, y, x in jobs[s:s + tile_batch]]).to(device)
+    """The stacked tile batches the sliding window runs (zero-padded to the tile, as it does), on ``device``.
+
+    ``image`` (N, C, H, W) with ``tile`` (h, w), or a volume (N, C, Z, Y, X) with (z, y, x).
+    """
+    shape = tuple(image.shape[2:])
+    size = tuple(max(s, t) for s, t in zip(shape, tile))
+    pads: List[int] = []
+    for s, p in reversed(list(zip(shape, size))):  # F.pad lists the last axis first
+        pads += [(p - s) // 2, p - s - (p - s) // 2]
+    padded = torch.nn.functional.pad(image, pads)
+    jobs = [(i, tuple(slice(o, o + t) for o, t in zip(origin, tile)))
+            for i in range(image.shape[0]) for origin in tile_origins(size, tile, overlap)]
+    return [torch.stack([padded[(i, slice(None), *window)] for i, window in jobs[s:s + tile_batch]]).to(device)
             for s in range(0, len(jobs), tile_batch)]
 
 

@@ -163,11 +163,13 @@ class TrainConfig:
 class InferenceConfig:
     """How validation and test.py predict: whole image or sliding window, with TTA."""
     mode: Literal["whole", "slide"] = "whole"
-    tile: Optional[Union[int, Tuple[int, int]]] = None   # slide: tile (h, w) or one side, network-input pixels
+    # slide: tile (h, w), (z, y, x) for volumes, or one side for every axis, in network-input pixels
+    tile: Optional[Union[int, Tuple[int, int], Tuple[int, int, int]]] = None
     overlap: float = 0.5                     # slide: fraction of a tile shared with its neighbour
     gaussian: bool = True                    # slide: weight tiles by a Gaussian centred on each tile
     tile_batch: int = 4                      # slide: tiles per forward pass
-    flips: List[Literal["h", "v"]] = field(default_factory=list)   # TTA flips, e.g. [h, v]
+    # TTA flips: h (width), v (height), z (depth), e.g. [h, v]; all: every spatial axis (8 passes for volumes)
+    flips: Union[Literal["all"], List[Literal["h", "v", "z"]]] = field(default_factory=list)
     scales: List[float] = field(default_factory=lambda: [1.0])      # TTA scales, e.g. [0.75, 1.0, 1.25]
     stitch_device: Literal["auto", "cpu", "device"] = "auto"        # where the probability map is summed
 
@@ -425,7 +427,8 @@ def _check_consistency(ctx: _Context, cfg: Config, dataset_cls: Any, check_paths
     """Cross-field checks: classes vs channels, metric names, ranges, paths."""
     _check_classes(ctx, cfg)
     _check_training(ctx, cfg)
-    _check_inference(ctx, cfg.inference, planned=getattr(dataset_cls, "volumetric", False))
+    _check_inference(ctx, cfg.inference, int(cfg.model.options.get("dims", 2)),
+                     planned=getattr(dataset_cls, "volumetric", False))
     if cfg.test.overlay_color is not None and not all(0 <= v <= 255 for v in cfg.test.overlay_color):
         raise ctx.error("test.overlay_color", f"must be an RGB triple [r, g, b] with values 0-255, "
                         f"got {list(cfg.test.overlay_color)}")
@@ -515,15 +518,23 @@ def _check_training(ctx: _Context, cfg: Config) -> None:
         raise ctx.error("optimizer.lr", f"must be positive, got {cfg.optimizer.lr}")
 
 
-def _check_inference(ctx: _Context, inf: InferenceConfig, planned: bool = False) -> None:
-    """The one check of the inference settings (utils/inference.py trusts them); volumes may leave the tile
-    to the plan (the patch size)."""
+def _check_inference(ctx: _Context, inf: InferenceConfig, dims: int = 2, planned: bool = False) -> None:
+    """The one check of the inference settings (utils/inference.py trusts them), for a model of ``dims``
+    spatial axes (2: images, 3: volumes); volumes may leave the tile to the plan (the patch size)."""
+    axes = "[z, y, x]" if dims == 3 else "[h, w]"
     if isinstance(inf.tile, int):
-        inf.tile = (inf.tile, inf.tile)
+        inf.tile = (inf.tile,) * dims
     if inf.mode == "slide" and inf.tile is None and not planned:
-        raise ctx.error("inference.tile", "mode: slide needs a tile size, e.g. inference.tile: [512, 1024]")
+        raise ctx.error("inference.tile", f"mode: slide needs a tile size, e.g. inference.tile: "
+                        f"{'[128, 128, 128]' if dims == 3 else '[512, 1024]'}")
+    if inf.tile is not None and len(inf.tile) != dims:
+        raise ctx.error("inference.tile", f"{list(inf.tile)} has {len(inf.tile)} sizes but the model is {dims}D "
+                        f"(model.dims: {dims}); give {dims} sizes {axes} or one for every axis")
     if inf.tile is not None and min(inf.tile) < 1:
         raise ctx.error("inference.tile", f"sizes must be positive, got {list(inf.tile)}")
+    if dims < 3 and isinstance(inf.flips, list) and "z" in inf.flips:
+        raise ctx.error("inference.flips", f"'z' flips the depth of volumes, which a {dims}D model "
+                        f"(model.dims: {dims}) lacks; use h, v or all")
     if not 0.0 <= inf.overlap < 1.0:
         raise ctx.error("inference.overlap", f"must lie in [0, 1), got {inf.overlap}")
     if not inf.scales or min(inf.scales) <= 0:
