@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help venv test demo demo-data demo-multiclass demo-3d bench bench-models bench-inference bench-patches bench-augment3d clean
+.PHONY: help venv test demo demo-data demo-multiclass demo-3d bench bench-models bench-inference bench-sliding3d bench-patches bench-augment3d clean
 
 help:
 	@echo "make demo   - venv + install, generate demo data, train, test, print where results are"
@@ -11,6 +11,7 @@ help:
 	@echo "make test   - venv + install if missing, run the whole test suite"
 	@echo "make bench  - run the benchmarks under bench/"
 	@echo "make bench-inference - sliding window vs raw tile forwards, img/s per inference mode"
+	@echo "make bench-sliding3d - 3D UNet: sliding window over a volume vs raw tile forwards, mirroring"
 	@echo "make bench-patches - patch loader samples/s against the model's training samples/s"
 	@echo "make bench-augment3d - nnU-Net's augmentations, samples/s on a volume patch and an image"
 	@echo "make clean  - remove checkpoint/, results/ and data/demo*"
@@ -57,6 +58,9 @@ bench-models: venv
 
 bench-inference: venv
 	$(PY) bench/inference.py
+
+bench-sliding3d: venv
+	$(PY) bench/sliding3d.py --mirror
 
 bench-patches: venv
 	$(PY) bench/patches.py
