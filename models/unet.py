@@ -57,7 +57,7 @@ widths ``decoder_channels`` (the last one without a skip, upsampling to the
 input size) and a 1x1 head. Such a model takes any input size (each step
 interpolates to its skip's size) and can load ImageNet weights from the local
 torch.hub cache (``pretrained=True``); ``base_channels``, ``depth`` and
-``bilinear`` then do not apply. With a ResNet-34 encoder that is 24.4M
+``upsample`` (``bilinear``) then do not apply. With a ResNet-34 encoder that is 24.4M
 parameters (21.3M of them the encoder). ``encoder="vgg16_bn"`` (TernausNet
 style) takes its five VGG blocks, before each max pooling, as the skips: strides
 1 to 16, so the last decoder step keeps the input size.
