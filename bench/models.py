@@ -1,10 +1,11 @@
 """Size, cost and speed of every registered model configuration worth comparing.
 
-For each configuration (3 input channels, 1 output channel) prints one row of a
-markdown table:
+For each configuration (3 input channels, 1 output channel unless its
+configuration says otherwise) prints one row of a markdown table:
 
 * params: ``sum(p.numel())`` of the whole module, and the count the paper
-  reports where there is one, with the relative difference;
+  reports (or a reference implementation's, computed in :data:`REFERENCES`)
+  where there is one, with the relative difference;
 * GFLOPs: one evaluation-mode forward pass at 1 x 3 x S x S counted by
   ``torch.utils.flop_counter.FlopCounterMode``, which counts convolutions
   (transposed ones included) and matrix products only, a multiply-add being
@@ -61,7 +62,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402,F401 - fills the registry
-from utils.model_output import ClassGuidedOutput  # noqa: E402
+from utils.model_output import AuxiliaryOutput, ClassGuidedOutput  # noqa: E402
 from utils.registry import MODELS  # noqa: E402
 
 logger = logging.getLogger("bench.models")
@@ -83,6 +84,15 @@ class Spec:
     eval_only: bool = False  # pruned UNet++: only its evaluation forward differs from the full network
 
 
+# mmsegmentation's pspnet_r50-d8 for 19 classes (Cityscapes), counted by hand from its config (ResNetV1c-50
+# backbone, PSPHead(2048 -> 512, pool_scales 1, 2, 3, 6), FCNHead(1024 -> 256) auxiliary head); not imported:
+#   backbone: torchvision's ResNet-50 without fc, 23,508,032, with its 7x7 stem (9,408 + BN 128) replaced by
+#     the deep stem 3x3 convs 3->32->32->64 (864 + 9,216 + 18,432 + BN 64 + 64 + 128 = 28,768): 23,527,264
+#   decode head: 4 x (1x1 2048->512 + BN 1,024) = 4,198,400; 3x3 4096->512 + BN = 18,875,392;
+#     1x1 512->19 + bias = 9,747: 23,083,539
+#   auxiliary head: 3x3 1024->256 + BN = 2,359,808; 1x1 256->19 + bias = 4,883: 2,364,691
+MMSEG_PSPNET_R50_D8_PARAMS = 23_527_264 + 23_083_539 + 2_364_691  # 48,975,494
+
 SPECS = [
     Spec("unet", "unet", {"base_channels": 64, "bilinear": True}),
     Spec("unet-transposed", "unet", {"base_channels": 64, "bilinear": False}, paper_params_m=31.0),
@@ -92,10 +102,12 @@ SPECS = [
     Spec("unet3p", "unet3p", {}, paper_params_m=26.97),
     Spec("unet3p-ds-cgm", "unet3p", {"deep_supervision": True, "classification_guided": True}),
     *(Spec(f"unet-{encoder}", "unet", {"encoder": encoder})
-      for encoder in ("resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "efficientnet_b0")),
+      for encoder in ("resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "vgg16_bn")),
     Spec("deeplabv3", "deeplabv3", {"encoder": "resnet50"}),
     Spec("deeplabv3plus", "deeplabv3plus", {"encoder": "resnet50"}),
     Spec("fcn", "fcn", {"encoder": "resnet50"}),
+    Spec("pspnet", "pspnet", {"encoder": "resnet50", "out_channels": 19},
+         paper_params_m=MMSEG_PSPNET_R50_D8_PARAMS / 1e6),
 ]
 SPECS_BY_KEY = {spec.key: spec for spec in SPECS}
 
@@ -104,6 +116,9 @@ REFERENCES = [
     "convolutions (Ronneberger et al., 2015, report none themselves)",
     "unetpp: 9.04M, UNet++ at widths 32-512 (Zhou et al., DLMIA 2018)",
     "unet3p: 26.97M, UNet 3+ at widths 64-1024 (Huang et al., ICASSP 2020)",
+    "pspnet: 48.98M, mmsegmentation's pspnet_r50-d8 for 19 classes with its auxiliary head, counted from its "
+    "config (no paper count): its ResNetV1c deep stem has 19,232 more parameters than torchvision's, and its "
+    "global-pooling branch has BatchNorm (+512) where ours has a bias",
 ]
 
 
@@ -197,12 +212,15 @@ def forward_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
 
 
 def train_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
-    """Forward + backward of the mean of every output (deep supervision, CGM logits); gradients then dropped."""
+    """Forward + backward of the mean of every output (deep supervision, CGM and auxiliary logits); gradients
+    then dropped."""
     def step() -> None:
         outputs = model(x)
         extra: List[torch.Tensor] = []
         if isinstance(outputs, ClassGuidedOutput):
             outputs, extra = outputs.logits, [outputs.cls_logits]
+        elif isinstance(outputs, AuxiliaryOutput):
+            outputs, extra = outputs.logits, [outputs.aux_logits]
         outputs = outputs if isinstance(outputs, list) else [outputs]
         loss = sum(out.float().mean() for out in outputs + extra)
         loss.backward()
@@ -350,12 +368,12 @@ def method_notes(args: argparse.Namespace, device: str, seconds: float) -> str:
               "torch.cuda.max_memory_allocated above the bytes allocated before the warm-up call")
     lines = [
         f"torch {torch.__version__}, device {device}, {args.threads} CPU threads, input {args.batch}×3×"
-        f"{args.size}×{args.size}, 1 output channel; median of up to {args.repeats} timed runs "
-        f"(fewer once {args.budget:g} s are spent) after one warm-up run.",
+        f"{args.size}×{args.size}, 1 output channel (unless the configuration sets out_channels); median of "
+        f"up to {args.repeats} timed runs (fewer once {args.budget:g} s are spent) after one warm-up run.",
         "GFLOPs: torch.utils.flop_counter.FlopCounterMode, eval forward of one image; a multiply-add "
         "counts 2 FLOPs; convolutions and matrix products only.",
         f"Peak memory: {memory}; fwd+bwd includes gradients and saved activations.",
-        "fwd+bwd: training mode, loss = mean of every output (deep supervision and CGM heads included), "
+        "fwd+bwd: training mode, loss = mean of every output (deep supervision, CGM and auxiliary heads included), "
         "no optimizer step.",
         "CPU wait (notes): share of the timed runs' wall time during which some runnable task waited for a "
         "CPU (Linux PSI /proc/pressure/cpu); well above 0% means other processes competed for the cores "

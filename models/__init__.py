@@ -2,7 +2,7 @@
 
 Importing this package registers "unet" (plain, or on a torchvision encoder
 with ``encoder: resnet34`` etc.), "unetpp" (UNet++), "unet3p" (UNet 3+),
-"deeplabv3", "deeplabv3plus" and "fcn". Build one by name::
+"deeplabv3", "deeplabv3plus", "fcn" and "pspnet". Build one by name::
 
     model = build_model("unet", in_channels=3, out_channels=1, base_channels=32)
 """
@@ -12,6 +12,7 @@ from torch import nn
 
 from models.deeplab import FCN, DeepLabV3, DeepLabV3Plus
 from models.encoders import ENCODERS, build_encoder
+from models.pspnet import PSPNet
 from models.unet import UNet
 from models.unet3p import UNet3Plus
 from models.unetpp import UNetPlusPlus
@@ -23,5 +24,5 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     return MODELS.build(name, **kwargs)
 
 
-__all__ = ["ENCODERS", "FCN", "DeepLabV3", "DeepLabV3Plus", "UNet", "UNet3Plus", "UNetPlusPlus",
+__all__ = ["ENCODERS", "FCN", "DeepLabV3", "DeepLabV3Plus", "PSPNet", "UNet", "UNet3Plus", "UNetPlusPlus",
            "build_encoder", "build_model"]

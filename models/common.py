@@ -6,14 +6,15 @@
 * :func:`check_positive`: constructor arguments that must be at least 1; a bad
   value raises :class:`ConfigError` naming the ``model.<key>`` to change.
 * :func:`check_choice`: an option that must be one of a few names (or dims).
+* :func:`check_dropout`: a dropout probability in [0, 1).
 * :class:`DoubleConv`, :func:`conv_bn_relu`, :func:`pad_to` and
   :func:`init_weights`: building blocks of the U-Net family and the heads.
 * :func:`conv_layer`, :func:`transposed_conv_layer`, :func:`max_pool_layer`,
-  :func:`norm_layer`, :func:`activation_layer` and :func:`interpolation_mode`:
+  :func:`dropout_layer`, :func:`norm_layer`, :func:`activation_layer` and :func:`interpolation_mode`:
   the layer for ``dims`` 2 (images) or 3 (volumes), so that one model
   definition serves both (GUIDE.md, "Images and volumes, one design").
 """
-from typing import Any, Optional, Sequence, Tuple, Type
+from typing import Any, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,9 @@ NORMS = ("batch", "instance")
 ACTIVATIONS = ("relu", "leaky_relu")
 #: Negative slope of ``activation: leaky_relu`` (nnU-Net's choice).
 LEAKY_SLOPE = 0.01
+
+#: A convolution or pooling stride: one integer for every axis, or one per axis.
+Stride = Union[int, Tuple[int, ...]]
 
 
 def check_input(x: torch.Tensor, in_channels: int, model_name: str, poolings: int = 0,
@@ -92,6 +96,13 @@ def check_choice(model_name: str, key: str, value: Any, choices: Sequence[Any]) 
                           f"set model.{key} to one of them")
 
 
+def check_dropout(model_name: str, key: str, value: float) -> None:
+    """Raise ConfigError naming ``model.<key>`` unless ``value`` is a probability in [0, 1)."""
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{model_name}: model.{key} must be a probability in [0, 1), got {value}; "
+                          f"set model.{key} to 0 for none, or e.g. 0.1")
+
+
 def conv_layer(dims: int) -> Type[nn.Module]:
     """``nn.Conv2d`` or ``nn.Conv3d``."""
     return {2: nn.Conv2d, 3: nn.Conv3d}[dims]
@@ -105,6 +116,11 @@ def transposed_conv_layer(dims: int) -> Type[nn.Module]:
 def max_pool_layer(dims: int) -> Type[nn.Module]:
     """``nn.MaxPool2d`` or ``nn.MaxPool3d``."""
     return {2: nn.MaxPool2d, 3: nn.MaxPool3d}[dims]
+
+
+def dropout_layer(dims: int) -> Type[nn.Module]:
+    """``nn.Dropout2d`` or ``nn.Dropout3d``: whole channels are dropped."""
+    return {2: nn.Dropout2d, 3: nn.Dropout3d}[dims]
 
 
 def interpolation_mode(dims: int) -> str:
@@ -130,8 +146,16 @@ def activation_layer(kind: str) -> nn.Module:
     raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {kind!r}")
 
 
+def check_conv_stride(stride: Stride, dims: int) -> None:
+    """Raise ValueError unless ``stride`` is 1 or 2, as one integer or one per axis."""
+    values = (stride,) if isinstance(stride, int) else tuple(stride) if isinstance(stride, (list, tuple)) else ()
+    if len(values) not in (1, dims) or not all(type(v) is int and v in (1, 2) for v in values):
+        raise ValueError(f"DoubleConv: stride must be 1 or 2, as one integer or one per axis "
+                         f"({', '.join(AXES[dims])}), got {stride!r}; downsample by more with pooling")
+
+
 class DoubleConv(nn.Module):
-    """(3x3 conv -> norm -> activation) twice; the spatial size is kept.
+    """(3x3 conv -> norm -> activation) twice; the spatial size is kept unless ``stride`` is 2.
 
     Args:
         in_ch, out_ch: channels in and out.
@@ -139,24 +163,36 @@ class DoubleConv(nn.Module):
         dims: 2 (3x3 convolutions) or 3 (3x3x3).
         norm: "batch" or "instance" (affine); see :func:`norm_layer`.
         activation: "relu" or "leaky_relu"; see :func:`activation_layer`.
+        dropout: probability of the channel dropout (``Dropout2d``/``Dropout3d``)
+            between the two convolutions; 0 adds no layer. It holds no weights
+            and sits outside ``block``, so the state dict is the same either way.
+        stride: stride of the first convolution, 1 or 2 (halving each side,
+            rounding up), one integer or one per axis; ValueError otherwise.
     """
 
     def __init__(self, in_ch: int, out_ch: int, mid_ch: Optional[int] = None, dims: int = 2,
-                 norm: str = "batch", activation: str = "relu") -> None:
+                 norm: str = "batch", activation: str = "relu", dropout: float = 0.0,
+                 stride: Stride = 1) -> None:
         super().__init__()
+        check_conv_stride(stride, dims)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"DoubleConv: dropout must be a probability in [0, 1), got {dropout}")
         mid_ch = mid_ch or out_ch
         conv = conv_layer(dims)
         self.block = nn.Sequential(
-            conv(in_ch, mid_ch, kernel_size=3, padding=1, bias=False),
+            conv(in_ch, mid_ch, kernel_size=3, stride=stride, padding=1, bias=False),
             norm_layer(norm, dims, mid_ch),
             activation_layer(activation),
             conv(mid_ch, out_ch, kernel_size=3, padding=1, bias=False),
             norm_layer(norm, dims, out_ch),
             activation_layer(activation),
         )
+        self.dropout = dropout_layer(dims)(dropout) if dropout > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
+        if self.dropout is None:
+            return self.block(x)
+        return self.block[3:](self.dropout(self.block[:3](x)))
 
 
 def conv_bn_relu(in_ch: int, out_ch: int, kernel_size: int = 3, dilation: int = 1) -> nn.Sequential:

@@ -2,7 +2,7 @@
 
 :func:`build_encoder` turns a torchvision classifier into an :class:`Encoder`
 whose ``forward`` returns five feature maps, one per downsampling, at strides
-``[2, 4, 8, 16, 32]`` (every supported backbone has all five):
+``[2, 4, 8, 16, 32]`` (VGG: ``[1, 2, 4, 8, 16]``):
 
 * ResNets (``resnet18/34/50/101``): the stem (conv-BN-ReLU, stride 2), then
   max pooling + ``layer1`` (stride 4), ``layer2``, ``layer3``, ``layer4``;
@@ -10,11 +10,19 @@ whose ``forward`` returns five feature maps, one per downsampling, at strides
   ``output_stride`` 16 or 8 replaces the strides of ``layer4`` (and
   ``layer3``) by dilation, the usual DeepLab setup, so the last maps stay at
   stride 16 or 8: ``strides`` then reads ``[2, 4, 8, 16, 16]`` or
-  ``[2, 4, 8, 8, 8]``.
+  ``[2, 4, 8, 8, 8]``. As torchvision's ``replace_stride_with_dilation``, the
+  first block of a dilated layer keeps the previous layer's dilation (1 in
+  ``layer3``, 2 in ``layer4`` at output stride 8) and the others take the new one.
 * MobileNetV3 and EfficientNet: the blocks of torchvision's ``features``,
   whole (including its final 1x1 expansion conv, as torchvision's own
   MobileNetV3 segmentation backbones do), split where the resolution halves.
   They stay at output stride 32.
+* VGG-16-BN (``vgg16_bn``, TernausNet style): the five convolution blocks of
+  ``features``, each taken before its max pooling (the first block without
+  one), so strides ``[1, 2, 4, 8, 16]`` and channels ``[64, 128, 256, 512,
+  512]``; the last pooling is dropped with the classifier. Only
+  ``features`` is built (not torchvision's 120M-parameter classifier), with
+  torchvision's initialisation.
 
 The classifier (pooling + fully connected layers) is dropped.
 
@@ -33,18 +41,20 @@ every channel gives the same response as the RGB network on that grey image.
 import difflib
 import logging
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torchvision
 from torch import nn
 
-from models.common import check_positive
+from models.common import check_positive, init_weights
 from utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 STRIDES = [2, 4, 8, 16, 32]
+#: Backbones whose stages downsample differently from :data:`STRIDES`.
+NATIVE_STRIDES = {"vgg16_bn": [1, 2, 4, 8, 16]}
 
 
 class Encoder(nn.Module):
@@ -108,12 +118,18 @@ def local_weights(name: str) -> Tuple[Path, str]:
 
 
 def load_weights(model: nn.Module, name: str, path: Path, url: str) -> None:
-    """Load the checkpoint at ``path`` into torchvision's ``name`` model; errors name the file and the fix."""
+    """Load the checkpoint at ``path`` into torchvision's ``name`` model; errors name the file and the fix.
+
+    Entries under :data:`UNBUILT` prefixes (parts of the network never built here) are skipped.
+    """
     fix = f"delete it and copy {url} there again"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated or not a checkpoint at all
         raise RuntimeError(f"{path}: cannot be read as a checkpoint ({exc}); {fix}") from exc
+    skipped = UNBUILT.get(name, ())
+    if skipped and isinstance(state, dict):
+        state = {key: value for key, value in state.items() if not key.startswith(skipped)}
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # tensors of other shapes
@@ -173,14 +189,18 @@ def _out_channels(stage: nn.Module) -> int:
     return [m for m in stage.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
 
 
-def _dilate(layer: nn.Module, dilation: int) -> None:
-    """Turn ``layer``'s strided convolutions into stride-1 ones and dilate its kernels by ``dilation``."""
-    for m in layer.modules():
-        if isinstance(m, nn.Conv2d):
-            m.stride = (1, 1)
-            if m.kernel_size[0] > 1:
-                m.dilation = (dilation, dilation)
-                m.padding = (m.kernel_size[0] // 2 * dilation, m.kernel_size[1] // 2 * dilation)
+def _dilate(layer: nn.Sequential, dilation: int, first_dilation: int) -> None:
+    """Turn a ResNet layer's strided convolutions into stride-1 ones and dilate its kernels: by
+    ``first_dilation`` in its first block, by ``dilation`` in the others (torchvision's
+    ``replace_stride_with_dilation``)."""
+    for index, block in enumerate(layer):
+        rate = first_dilation if index == 0 else dilation
+        for m in block.modules():
+            if isinstance(m, nn.Conv2d):
+                m.stride = (1, 1)
+                if m.kernel_size[0] > 1:
+                    m.dilation = (rate, rate)
+                    m.padding = (m.kernel_size[0] // 2 * rate, m.kernel_size[1] // 2 * rate)
 
 
 def _resnet_stages(model: nn.Module) -> List[nn.Module]:
@@ -215,18 +235,48 @@ def _feature_stages(model: nn.Module) -> List[nn.Module]:
     return [nn.Sequential(*blocks) for blocks in groups]
 
 
+def _vgg_stages(model: nn.Module) -> List[nn.Module]:
+    """VGG ``features`` cut before each max pooling: block 1, then pooling + block for blocks 2 to 5."""
+    groups: List[List[nn.Module]] = [[]]
+    for layer in model.features:
+        if isinstance(layer, nn.MaxPool2d):
+            groups.append([])
+        groups[-1].append(layer)
+    return [nn.Sequential(*blocks) for blocks in groups[:-1]]  # the last group is the final pooling alone
+
+
+def _vgg16_bn() -> nn.Module:
+    """torchvision's VGG-16-BN ``features`` (under that name, for its checkpoint's keys) without the classifier,
+    initialised as torchvision does (Kaiming-normal fan-out convolutions, zero biases, unit BatchNorm)."""
+    holder = nn.Module()
+    holder.features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"], batch_norm=True)
+    init_weights(holder)
+    return holder
+
+
+#: Constructors of backbones that torchvision's ``get_model`` would build with parts we drop.
+_CONSTRUCTORS: Dict[str, Callable[[], nn.Module]] = {"vgg16_bn": _vgg16_bn}
+#: Checkpoint entries of parts never built, skipped when loading pretrained weights.
+UNBUILT: Dict[str, Tuple[str, ...]] = {"vgg16_bn": ("classifier.",)}
+
 _SPLITTERS: Dict[str, Callable[[nn.Module], List[nn.Module]]] = {
     **{name: _resnet_stages for name in ("resnet18", "resnet34", "resnet50", "resnet101")},
     **{name: _feature_stages for name in ("mobilenet_v3_large", "mobilenet_v3_small",
                                           "efficientnet_b0", "efficientnet_b1",
                                           "efficientnet_b2", "efficientnet_b3")},
+    "vgg16_bn": _vgg_stages,
 }
 ENCODERS = sorted(_SPLITTERS)
 
 
+def native_strides(name: str) -> List[int]:
+    """Strides of ``name``'s five feature maps without dilation."""
+    return list(NATIVE_STRIDES.get(name, STRIDES))
+
+
 def supported_output_strides(name: str) -> Tuple[int, ...]:
-    """Output strides ``name`` can run at: 8, 16 and 32 for ResNets, 32 for the others."""
-    return (8, 16, 32) if _SPLITTERS[name] is _resnet_stages else (32,)
+    """Output strides ``name`` can run at: 8, 16 and 32 for ResNets, its native last stride for the others."""
+    return (8, 16, 32) if _SPLITTERS[name] is _resnet_stages else (native_strides(name)[-1],)
 
 
 def check_encoder_name(name: str) -> None:
@@ -255,7 +305,7 @@ def set_batchnorm_momentum(model: nn.Module, momentum: float) -> None:
 
 
 def build_encoder(name: str, in_channels: int = 3, pretrained: bool = False,
-                  output_stride: int = 32) -> Encoder:
+                  output_stride: Optional[int] = None) -> Encoder:
     """The torchvision backbone ``name`` as an :class:`Encoder` (see the module docstring).
 
     Args:
@@ -263,22 +313,26 @@ def build_encoder(name: str, in_channels: int = 3, pretrained: bool = False,
         in_channels: image channels; the first convolution is replaced when not 3.
         pretrained: load the ImageNet weights from the local torch.hub cache
             (RuntimeError naming the path and URL when the file is missing).
-        output_stride: stride of the last feature map; 8 and 16 (dilated) for ResNets only.
+        output_stride: stride of the last feature map; 8 and 16 (dilated) for ResNets only;
+            None: the backbone's own (32, or 16 for VGG).
     """
     check_encoder_name(name)
     check_positive(f"encoder {name}", in_channels=in_channels)
+    native = native_strides(name)
+    output_stride = native[-1] if output_stride is None else output_stride
     if output_stride not in supported_output_strides(name):
         raise ConfigError(f"encoder {name} supports output_stride {supported_output_strides(name)}, "
                           f"got {output_stride}; dilated output strides 8 and 16 need a ResNet encoder")
     weights = local_weights(name) if pretrained else None  # fail before the costly construction
-    model = torchvision.models.get_model(name, weights=None)
+    construct = _CONSTRUCTORS.get(name)
+    model = construct() if construct is not None else torchvision.models.get_model(name, weights=None)
     if weights is not None:
         load_weights(model, name, *weights)
     adapt_input_channels(model, in_channels, from_pretrained=pretrained)
     set_batchnorm_momentum(model, BN_MOMENTUM)
     stages = _SPLITTERS[name](model)
-    strides = [min(stride, output_stride) for stride in STRIDES]
-    for stage, stride in zip(stages, STRIDES):
-        if stride > output_stride:  # keep the resolution, widen the receptive field instead
-            _dilate(stage, stride // output_stride)
+    strides = [min(stride, output_stride) for stride in native]
+    for stage, stride in zip(stages, native):
+        if stride > output_stride:  # keep the resolution, widen the receptive field instead (ResNets only)
+            _dilate(stage, stride // output_stride, max(1, stride // 2 // output_stride))
     return Encoder(stages, [_out_channels(s) for s in stages], strides)

@@ -5,13 +5,23 @@ Widths: the encoder levels have ``base_channels * 2**i`` channels for
 depth=4``). Each decoder step upsamples by 2, pads the result to the skip
 connection's size, concatenates and applies a :class:`DoubleConv`.
 
-``bilinear=True`` (the default) follows the common lightweight variant: the
-upsampling has no weights and keeps the channel count, so the bottleneck is
-*halved* (to ``base_channels * 2**(depth - 1)``, the same as the deepest skip)
-and each decoder step outputs half its skip's width (the last one outputs
+``upsample`` chooses the decoder's upsampling. "bilinear" (the default)
+follows the common lightweight variant: the upsampling has no weights and
+keeps the channel count, so the bottleneck is *halved* (to
+``base_channels * 2**(depth - 1)``, the same as the deepest skip) and each
+decoder step outputs half its skip's width (the last one outputs
 ``base_channels``). That is about 17.3M parameters for the classic widths
-instead of 31.0M with ``bilinear=False``, where a ``ConvTranspose2d`` halves
-the channels on the way up and the widths mirror the encoder exactly.
+instead of 31.0M with "transposed", where a ``ConvTranspose2d`` halves the
+channels on the way up and the widths mirror the encoder exactly. "nearest"
+has the widths of "bilinear" with nearest-neighbour interpolation. For
+``dims=3`` the linear mode is trilinear ("trilinear", or "bilinear" as
+before). ``bilinear`` is the older spelling, kept for existing configs:
+``bilinear=True`` is "bilinear", ``bilinear=False`` "transposed"; given
+together with a different ``upsample`` it raises ConfigError.
+
+``dropout`` adds channel dropout (``Dropout2d``/``Dropout3d``) between the two
+convolutions of every :class:`DoubleConv` (decoder blocks included with a
+backbone); 0 (the default) adds no layer.
 
 Any input size at least ``2**depth`` per side works: pooling floors odd
 sizes, and the decoder pads back up to each skip's size, so the logits always
@@ -47,8 +57,10 @@ widths ``decoder_channels`` (the last one without a skip, upsampling to the
 input size) and a 1x1 head. Such a model takes any input size (each step
 interpolates to its skip's size) and can load ImageNet weights from the local
 torch.hub cache (``pretrained=True``); ``base_channels``, ``depth`` and
-``bilinear`` then do not apply. With a ResNet-34 encoder that is 24.4M
-parameters (21.3M of them the encoder).
+``upsample`` (``bilinear``) then do not apply. With a ResNet-34 encoder that is 24.4M
+parameters (21.3M of them the encoder). ``encoder="vgg16_bn"`` (TernausNet
+style) takes its five VGG blocks, before each max pooling, as the skips: strides
+1 to 16, so the last decoder step keeps the input size.
 """
 import math
 from typing import List, Optional, Sequence, Tuple, Union
@@ -57,17 +69,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.common import (ACTIVATIONS, AXES, DIMS, NORMS, DoubleConv, check_choice, check_input, check_positive,
-                           conv_layer, init_weights, interpolation_mode, max_pool_layer, pad_to,
-                           transposed_conv_layer)
+from models.common import (ACTIVATIONS, AXES, DIMS, NORMS, DoubleConv, Stride, check_choice, check_dropout,
+                           check_input, check_positive, conv_layer, init_weights, interpolation_mode, max_pool_layer,
+                           pad_to, transposed_conv_layer)
 from models.encoders import STRIDES, build_encoder
 from utils.errors import ConfigError
 from utils.registry import MODELS
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
 
-#: A pooling stride: one integer for every axis, or one per axis.
-Stride = Union[int, Tuple[int, ...]]
+#: ``model.upsample`` choices of the plain UNet ("bilinear" means trilinear for ``dims=3``).
+UPSAMPLE_MODES = ("bilinear", "trilinear", "nearest", "transposed")
 
 
 class Down(nn.Module):
@@ -76,14 +88,14 @@ class Down(nn.Module):
     Args:
         in_ch, out_ch: channels in and out.
         stride: the pooling stride, one integer or one per axis.
-        dims, norm, activation: see :class:`models.common.DoubleConv`.
+        dims, norm, activation, dropout: see :class:`models.common.DoubleConv`.
     """
 
     def __init__(self, in_ch: int, out_ch: int, stride: Stride = 2, dims: int = 2,
-                 norm: str = "batch", activation: str = "relu") -> None:
+                 norm: str = "batch", activation: str = "relu", dropout: float = 0.0) -> None:
         super().__init__()
-        self.block = nn.Sequential(max_pool_layer(dims)(stride), DoubleConv(in_ch, out_ch, dims=dims, norm=norm,
-                                                                           activation=activation))
+        self.block = nn.Sequential(max_pool_layer(dims)(stride), DoubleConv(
+            in_ch, out_ch, dims=dims, norm=norm, activation=activation, dropout=dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x)
@@ -96,23 +108,23 @@ class Up(nn.Module):
         in_ch: channels of the deeper feature map ``x``.
         skip_ch: channels of the skip connection.
         out_ch: channels out.
-        bilinear: weight-free bilinear (trilinear for ``dims=3``) upsampling
-            (keeps ``in_ch`` channels); otherwise a transposed convolution of
+        mode: "bilinear" / "trilinear" or "nearest": weight-free interpolation
+            (keeps ``in_ch`` channels); "transposed": a transposed convolution of
             kernel and stride ``stride`` to ``in_ch // 2`` channels.
         stride: the upsampling factor, one integer or one per axis (the
             matching Down's pooling stride).
-        dims, norm, activation: see :class:`models.common.DoubleConv`.
+        dims, norm, activation, dropout: see :class:`models.common.DoubleConv`.
     """
 
-    def __init__(self, in_ch: int, skip_ch: int, out_ch: int, bilinear: bool, stride: Stride = 2,
-                 dims: int = 2, norm: str = "batch", activation: str = "relu") -> None:
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int, mode: str, stride: Stride = 2,
+                 dims: int = 2, norm: str = "batch", activation: str = "relu", dropout: float = 0.0) -> None:
         super().__init__()
         self.out_channels = out_ch
-        options = dict(dims=dims, norm=norm, activation=activation)
-        if bilinear:
+        options = dict(dims=dims, norm=norm, activation=activation, dropout=dropout)
+        if mode != "transposed":
             scale = stride if isinstance(stride, int) else tuple(float(s) for s in stride)
-            self.up: nn.Module = nn.Upsample(scale_factor=scale, mode=interpolation_mode(dims),
-                                             align_corners=False)
+            corners = None if mode == "nearest" else False  # nearest takes no align_corners
+            self.up: nn.Module = nn.Upsample(scale_factor=scale, mode=mode, align_corners=corners)
             self.conv = DoubleConv(in_ch + skip_ch, out_ch, mid_ch=(in_ch + skip_ch) // 2, **options)
         else:
             self.up = transposed_conv_layer(dims)(in_ch, in_ch // 2, kernel_size=stride, stride=stride)
@@ -162,6 +174,22 @@ def per_axis(stride: Stride, dims: int) -> Tuple[int, ...]:
     return (stride,) * dims if isinstance(stride, int) else tuple(stride)
 
 
+def resolve_upsample(bilinear: Optional[bool], upsample: Optional[str], dims: int) -> str:
+    """The plain decoder's upsampling mode ("bilinear"/"trilinear", "nearest" or "transposed") from
+    ``model.upsample`` and its older spelling ``model.bilinear``; ConfigError when they disagree."""
+    if upsample is None:
+        return "transposed" if bilinear is False else interpolation_mode(dims)
+    check_choice("UNet", "upsample", upsample, UPSAMPLE_MODES)
+    if upsample == "trilinear" and dims == 2:
+        raise ConfigError("UNet: model.upsample: trilinear is for volumes (model.dims: 3); "
+                          "set model.upsample: bilinear for images")
+    linear = upsample in ("bilinear", "trilinear")
+    if bilinear is not None and ("linear" if bilinear else "transposed") != ("linear" if linear else upsample):
+        raise ConfigError(f"UNet: model.bilinear={bilinear} contradicts model.upsample={upsample!r}; "
+                          "remove model.bilinear (model.upsample replaces it)")
+    return interpolation_mode(dims) if linear else upsample
+
+
 class DecoderBlock(nn.Module):
     """Bilinear upsampling to ``size``, concatenation [skip, x] when there is a skip, DoubleConv.
 
@@ -169,11 +197,12 @@ class DecoderBlock(nn.Module):
         in_ch: channels of the deeper feature map ``x``.
         skip_ch: channels of the skip connection (0 for none).
         out_ch: channels out.
+        dropout: channel dropout inside the DoubleConv (0: none).
     """
 
-    def __init__(self, in_ch: int, skip_ch: int, out_ch: int) -> None:
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int, dropout: float = 0.0) -> None:
         super().__init__()
-        self.conv = DoubleConv(in_ch + skip_ch, out_ch)
+        self.conv = DoubleConv(in_ch + skip_ch, out_ch, dropout=dropout)
 
     def forward(self, x: torch.Tensor, size: Tuple[int, int],
                 skip: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -195,11 +224,11 @@ class UNet(nn.Module):
             ``base_channels * 2**i`` channels (plain encoder only).
         depth: number of downsamplings; inputs need at least ``2**depth``
             pixels per side with the default strides (plain encoder only).
-        bilinear: bilinear (trilinear) upsampling with a halved bottleneck (lighter)
-            instead of transposed convolutions (see the module docstring; plain encoder only).
+        bilinear: older spelling of ``upsample``: True is "bilinear", False
+            "transposed" (plain encoder only).
         encoder: a torchvision backbone from :data:`models.encoders.ENCODERS`
-            (e.g. "resnet34", "mobilenet_v3_large", "efficientnet_b0") instead
-            of the plain U-Net encoder; None keeps the plain one.
+            (e.g. "resnet34", "mobilenet_v3_large", "efficientnet_b0", "vgg16_bn")
+            instead of the plain U-Net encoder; None keeps the plain one.
         pretrained: load the encoder's ImageNet weights from the local
             torch.hub cache (never downloaded; needs ``encoder``).
         decoder_channels: widths of the five decoder steps, deepest first
@@ -211,44 +240,51 @@ class UNet(nn.Module):
             ``dims`` integers (z, y, x); None pools 2x on every axis (plain encoder only).
         deep_supervision: in training mode return ``[main, 1/2, 1/4, ...]``
             logits from the decoder levels (see the module docstring; plain encoder only).
+        upsample: "bilinear" (default; trilinear for volumes), "trilinear"
+            (volumes), "nearest" or "transposed" (see the module docstring; plain encoder only).
+        dropout: channel dropout probability between the two convolutions of
+            every DoubleConv; 0 adds no dropout layer.
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base_channels: int = 64,
-                 depth: int = 4, bilinear: bool = True, encoder: Optional[str] = None,
+                 depth: int = 4, bilinear: Optional[bool] = None, encoder: Optional[str] = None,
                  pretrained: bool = False,
                  decoder_channels: Tuple[int, ...] = DECODER_CHANNELS, dims: int = 2, norm: str = "batch",
                  activation: str = "relu", strides: Optional[Sequence[Union[int, Sequence[int]]]] = None,
-                 deep_supervision: bool = False) -> None:
+                 deep_supervision: bool = False, upsample: Optional[str] = None, dropout: float = 0.0) -> None:
         super().__init__()
         check_positive("UNet", in_channels=in_channels, out_channels=out_channels,
                        base_channels=base_channels, depth=depth)
         check_choice("UNet", "dims", dims, DIMS)
         check_choice("UNet", "norm", norm, NORMS)
         check_choice("UNet", "activation", activation, ACTIVATIONS)
+        check_dropout("UNet", "dropout", dropout)
         self.in_channels = in_channels
         self.depth = depth
         self.dims = dims
         self.deep_supervision = bool(deep_supervision)
         self.strides = parse_strides(strides, depth, dims)
+        self.upsample = resolve_upsample(bilinear, upsample, dims)
         if encoder is None:
             if pretrained or tuple(decoder_channels) != DECODER_CHANNELS:
                 raise ConfigError("UNet: model.pretrained and model.decoder_channels need a backbone; "
                                   "set model.encoder (e.g. resnet34) or remove them")
             self.encoder = None
-            self._build_plain(in_channels, out_channels, base_channels, bilinear, norm, activation)
+            self._build_plain(in_channels, out_channels, base_channels,
+                              dict(dims=dims, norm=norm, activation=activation, dropout=dropout))
         else:
-            self._check_backbone_options(encoder, base_channels, bilinear, decoder_channels,
+            self._check_backbone_options(encoder, base_channels, decoder_channels,
                                          (dims, norm, activation, strides, self.deep_supervision))
             self.encoder = build_encoder(encoder, in_channels, pretrained)
-            self._build_backbone_decoder(self.encoder.out_channels, out_channels, decoder_channels)
+            self._build_backbone_decoder(self.encoder.out_channels, out_channels, decoder_channels, dropout)
 
-    def _check_backbone_options(self, encoder: str, base_channels: int, bilinear: bool,
-                                decoder_channels: Tuple[int, ...], plain_options: Tuple) -> None:
+    def _check_backbone_options(self, encoder: str, base_channels: int, decoder_channels: Tuple[int, ...],
+                                plain_options: Tuple) -> None:
         """ConfigError for plain-encoder options given with a backbone, or bad decoder_channels."""
-        if (base_channels, self.depth, bilinear) != (64, 4, True):
-            raise ConfigError(f"UNet: model.base_channels, model.depth and model.bilinear describe the "
-                              f"plain encoder and do not apply with encoder={encoder!r}; remove them "
-                              "(use model.decoder_channels to size the decoder)")
+        if (base_channels, self.depth, self.upsample) != (64, 4, interpolation_mode(self.dims)):
+            raise ConfigError(f"UNet: model.base_channels, model.depth and model.upsample (model.bilinear) "
+                              f"describe the plain encoder and do not apply with encoder={encoder!r}; remove "
+                              "them (use model.decoder_channels to size the decoder)")
         if plain_options != (2, "batch", "relu", None, False):
             raise ConfigError(f"UNet: model.dims, model.norm, model.activation, model.strides and "
                               f"model.deep_supervision describe the plain encoder and do not apply with "
@@ -257,18 +293,16 @@ class UNet(nn.Module):
             raise ConfigError(f"UNet: model.decoder_channels needs {len(STRIDES)} positive widths (one per "
                               f"encoder stage, deepest first), got {list(decoder_channels)}")
 
-    def _build_plain(self, in_channels: int, out_channels: int, base_channels: int,
-                     bilinear: bool, norm: str, activation: str) -> None:
+    def _build_plain(self, in_channels: int, out_channels: int, base_channels: int, options: dict) -> None:
         """The classic U-Net: DoubleConv levels with max pooling, Up blocks, a 1x1 head (and deep-supervision heads)."""
         depth, dims = self.depth, self.dims
-        options = dict(dims=dims, norm=norm, activation=activation)
         widths = [base_channels * 2 ** i for i in range(depth + 1)]
-        if bilinear:
+        if self.upsample != "transposed":
             widths[depth] //= 2
         self.inc = DoubleConv(in_channels, widths[0], **options)
         self.downs = nn.ModuleList(Down(widths[i], widths[i + 1], self.strides[i], **options)
                                    for i in range(depth))
-        self.ups = nn.ModuleList(self._decoder(widths, bilinear, self.strides, options))
+        self.ups = nn.ModuleList(self._decoder(widths, self.upsample, self.strides, options))
         self.outc = OutConv(widths[0], out_channels, dims)
         if self.deep_supervision:  # heads on decoder levels 1 .. depth-2 (level k: 1/2**k resolution)
             self.ds_heads = nn.ModuleList(OutConv(self.ups[depth - 1 - k].out_channels, out_channels, dims)
@@ -277,22 +311,22 @@ class UNet(nn.Module):
         init_weights(self)
 
     def _build_backbone_decoder(self, encoder_channels: List[int], out_channels: int,
-                                decoder_channels: Tuple[int, ...]) -> None:
+                                decoder_channels: Tuple[int, ...], dropout: float) -> None:
         """DecoderBlocks over the backbone's features (deepest first, the last without skip), a 1x1 head."""
         skips = encoder_channels[-2::-1] + [0]
         ins = [encoder_channels[-1]] + list(decoder_channels[:-1])
-        self.blocks = nn.ModuleList(DecoderBlock(i, s, o) for i, s, o in zip(ins, skips, decoder_channels))
+        self.blocks = nn.ModuleList(DecoderBlock(i, s, o, dropout) for i, s, o in zip(ins, skips, decoder_channels))
         self.head = OutConv(decoder_channels[-1], out_channels)
         init_weights(self.blocks)
         init_weights(self.head)
 
     @staticmethod
-    def _decoder(widths: List[int], bilinear: bool, strides: List[Stride], options: dict) -> List[Up]:
+    def _decoder(widths: List[int], mode: str, strides: List[Stride], options: dict) -> List[Up]:
         """Up blocks from the bottleneck to the first level, each undoing its level's pooling stride."""
         ups, channels = [], widths[-1]
         for level in reversed(range(len(widths) - 1)):
-            out = widths[level - 1] if bilinear and level > 0 else widths[level]
-            ups.append(Up(channels, widths[level], out, bilinear, strides[level], **options))
+            out = widths[level - 1] if mode != "transposed" and level > 0 else widths[level]
+            ups.append(Up(channels, widths[level], out, mode, strides[level], **options))
             channels = out
         return ups
 

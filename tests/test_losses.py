@@ -327,5 +327,5 @@ def test_class_guided_output_float_casts_every_tensor() -> None:
 
 
 def test_combined_loss_rejects_other_outputs() -> None:
-    with pytest.raises(TypeError, match="expected a logits tensor, a list of them or a ClassGuidedOutput, got dict"):
+    with pytest.raises(TypeError, match="expected a logits tensor, a list of them, a ClassGuidedOutput or an AuxiliaryOutput, got dict"):
         build_loss([{"name": "bce"}])({"out": torch.zeros(1, 1, 2, 2)}, torch.zeros(1, 2, 2, dtype=torch.long))

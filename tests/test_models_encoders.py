@@ -120,7 +120,7 @@ def test_encoder_features_have_the_declared_channels_and_strides(name: str, chan
 def test_supported_encoder_names() -> None:
     assert ENCODERS == sorted(["resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large",
                                "mobilenet_v3_small", "efficientnet_b0", "efficientnet_b1",
-                               "efficientnet_b2", "efficientnet_b3"])
+                               "efficientnet_b2", "efficientnet_b3", "vgg16_bn"])
 
 
 @pytest.mark.parametrize("output_stride, strides, last_size", [

@@ -53,7 +53,7 @@ def test_model_trains_two_epochs_and_predicts(key: str, demo_root: Path, tmp_pat
     assert summary["num_images"] == 2 and 0.0 <= summary["metrics"]["pixel_accuracy"] <= 1.0
 
 
-SWITCHES = ["deeplabv3", "deeplabv3plus", "fcn", "unet3p", "unetpp"]
+SWITCHES = ["deeplabv3", "deeplabv3plus", "fcn", "pspnet", "unet3p", "unetpp"]
 
 
 def test_every_registered_model_is_switched_to_below() -> None:
@@ -75,6 +75,8 @@ def test_model_name_switch_on_demo_yaml(name: str, demo_root: Path, tmp_path: Pa
     assert train.main(["--config", config, "--set", *overrides]) == 0
     state = torch.load(tmp_path / "checkpoint" / "demo" / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and state["config"]["model"]["name"] == name
+    if name == "pspnet":  # ResNet-50 with the auxiliary head, weighted 0.4 without any setting
+        assert "aux" in state["history"][0]["loss_parts"]
     out = tmp_path / "results"
     assert load_test_script().main(["--config", config, "--set", *overrides, "--output", str(out)]) == 0
     assert len(list((out / "masks").glob("*.png"))) == 2

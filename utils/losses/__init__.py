@@ -37,17 +37,20 @@ unweighted term for logging::
 ``outputs`` is whatever the model returns: one logits tensor, a
 deep-supervision list (main output first; the outputs are weighted by
 ``deep_supervision_weights``, equal by default, and each output's combined
-loss is reported as ``ds_0``, ``ds_1``, ...), or a
+loss is reported as ``ds_0``, ``ds_1``, ...), a
 :class:`utils.model_output.ClassGuidedOutput` whose class logits add the
-"cls" term. The criterion casts them to float32 itself.
+"cls" term, or a :class:`utils.model_output.AuxiliaryOutput` whose auxiliary
+logits add the "aux" term with its weight (PSPNet: 0.4). The criterion casts
+them to float32 itself.
 """
 from utils.losses.border import BorderWeights, border_weight_map
-from utils.losses.combined import CLS_TERM, CombinedLoss, build_loss, presence_bce
+from utils.losses.combined import AUX_TERM, CLS_TERM, CombinedLoss, build_loss, presence_bce
 from utils.losses.common import ClassWeights
 from utils.losses.distribution import BCELoss, CrossEntropyLoss, FocalLoss
 from utils.losses.region import DiceLoss, FocalTverskyLoss, JaccardLoss, LovaszLoss, TverskyLoss
 from utils.losses.structural import MS_SSIM_WEIGHTS, HybridLoss, MSSSIMLoss, ms_ssim, ms_ssim_scales
 
-__all__ = ["BCELoss", "BorderWeights", "CLS_TERM", "ClassWeights", "CombinedLoss", "CrossEntropyLoss", "DiceLoss",
-           "FocalLoss", "FocalTverskyLoss", "HybridLoss", "JaccardLoss", "LovaszLoss", "MSSSIMLoss", "MS_SSIM_WEIGHTS",
-           "TverskyLoss", "border_weight_map", "build_loss", "ms_ssim", "ms_ssim_scales", "presence_bce"]
+__all__ = ["AUX_TERM", "BCELoss", "BorderWeights", "CLS_TERM", "ClassWeights", "CombinedLoss", "CrossEntropyLoss",
+           "DiceLoss", "FocalLoss", "FocalTverskyLoss", "HybridLoss", "JaccardLoss", "LovaszLoss", "MSSSIMLoss",
+           "MS_SSIM_WEIGHTS", "TverskyLoss", "border_weight_map", "build_loss", "ms_ssim", "ms_ssim_scales",
+           "presence_bce"]

@@ -3,9 +3,11 @@
 A model returns one logits tensor, a deep-supervision list of them (main
 output first), or, for a classification-guided model in training mode, a
 :class:`utils.model_output.ClassGuidedOutput` holding either of those and its
-(N, 2) class logits. :class:`CombinedLoss` takes all three, casts them to
-float32 itself (they may come from autocast), and adds the image-level
-classification term "cls" (:func:`presence_bce`) when class logits are there.
+(N, 2) class logits, or, for a model with an auxiliary head in training mode,
+a :class:`utils.model_output.AuxiliaryOutput`. :class:`CombinedLoss` takes all
+four, casts them to float32 itself (they may come from autocast), and adds the
+image-level classification term "cls" (:func:`presence_bce`) when class logits
+are there, the weighted auxiliary term "aux" when auxiliary logits are.
 """
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -16,11 +18,13 @@ from torch import nn
 
 from utils.constants import IGNORE_INDEX
 from utils.errors import ConfigError
-from utils.model_output import ClassGuidedOutput, SegmentationLogits
+from utils.model_output import AuxiliaryOutput, ClassGuidedOutput, SegmentationLogits
 from utils.registry import LOSSES
 
 #: Name of the classification-guidance term in the loss terms.
 CLS_TERM = "cls"
+#: Name of the auxiliary-head term in the loss terms.
+AUX_TERM = "aux"
 
 
 def presence_bce(cls_logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -88,6 +92,11 @@ class CombinedLoss(nn.Module):
     logits): the total above plus :func:`presence_bce` of the class logits,
     with weight 1, reported as "cls".
 
+    An :class:`AuxiliaryOutput`: the weighted sum above on the main logits plus
+    ``aux_weight`` times the same weighted sum on the auxiliary logits (resized
+    to the target if they differ), that sum reported (before ``aux_weight``)
+    as "aux"; ``deep_supervision_weights`` do not apply to it.
+
     Every output is cast to float32 first, so the losses run in float32 under
     autocast.
 
@@ -99,13 +108,13 @@ class CombinedLoss(nn.Module):
             of outputs whose length differs raises ConfigError.
 
     Shape:
-        outputs: (N, C, H, W) logits, a list of them (any H, W for the list), or
-        a ClassGuidedOutput; target (N, H, W) -> ``(total, loss_terms)``: a
+        outputs: (N, C, H, W) logits, a list of them (any H, W for the list), a
+        ClassGuidedOutput or an AuxiliaryOutput; target (N, H, W) -> ``(total, loss_terms)``: a
         scalar tensor to backpropagate and a dict name -> float of detached
         values: each unweighted term (of the main output for a list); for a
         list, ``ds_k``: the weighted sum of the terms on output k (before
-        ``w_k``), so that ``total == sum_k w_k * loss_terms["ds_k"]``; and
-        "cls" when there are class logits.
+        ``w_k``), so that ``total == sum_k w_k * loss_terms["ds_k"]``;
+        "cls" when there are class logits; "aux" when there are auxiliary logits.
     """
 
     def __init__(self, terms: List[Tuple[str, float, nn.Module]],
@@ -163,9 +172,12 @@ class CombinedLoss(nn.Module):
         names = self.names + [f"ds_{k}" for k in range(len(outputs))]
         return total, names, per_output[0][0] + combined
 
-    def forward(self, outputs: Union[SegmentationLogits, Tuple[torch.Tensor, ...], ClassGuidedOutput],
+    def forward(self, outputs: Union[SegmentationLogits, Tuple[torch.Tensor, ...], ClassGuidedOutput,
+                                     AuxiliaryOutput],
                 target: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
-        cls_logits = None
+        cls_logits, auxiliary = None, None
+        if isinstance(outputs, AuxiliaryOutput):
+            outputs, auxiliary = outputs.logits, outputs
         if isinstance(outputs, ClassGuidedOutput):
             outputs, cls_logits = outputs.logits, outputs.cls_logits
         if isinstance(outputs, torch.Tensor):
@@ -174,12 +186,16 @@ class CombinedLoss(nn.Module):
         elif isinstance(outputs, (list, tuple)):
             total, names, values = self._deep_supervision(list(outputs), target)
         else:
-            raise TypeError(f"CombinedLoss: expected a logits tensor, a list of them or a ClassGuidedOutput, "
-                            f"got {type(outputs).__name__}")
+            raise TypeError(f"CombinedLoss: expected a logits tensor, a list of them, a ClassGuidedOutput or an "
+                            f"AuxiliaryOutput, got {type(outputs).__name__}")
         if cls_logits is not None:
             cls = presence_bce(cls_logits.float(), target)
             total = total + cls
             names, values = names + [CLS_TERM], values + [cls]
+        if auxiliary is not None:
+            _, aux = self._terms(_resize_to(auxiliary.aux_logits.float(), target.shape[1:]), target)
+            total = total + auxiliary.aux_weight * aux
+            names, values = names + [AUX_TERM], values + [aux]
         detached = torch.stack([v.detach().float() for v in values]).tolist()  # one device sync for all
         return total, dict(zip(names, detached))
 
