@@ -67,7 +67,7 @@ from utils.run_folder import most_recent_best
 from utils.runtime import select_device
 from utils.transforms import build_transforms
 from utils.visualize import make_grid, mask_image, overlay, save_png, to_display
-from utils.volume_plan import is_volumetric, plan_of_checkpoint
+from utils.volume_plan import apply_plan, is_volumetric, plan_of_checkpoint
 from utils.volume_predict import predict_volumes
 
 log = logging.getLogger("test")
@@ -192,6 +192,8 @@ class Tally:
 def run(cfg: Config, ckpt_path: Path, state: Dict[str, Any], input_dir: Optional[str] = None,
         output: Optional[str] = None, from_config: bool = True, qc: int = 0) -> Dict[str, Any]:
     device = select_device(cfg.device)
+    if is_volumetric(cfg):  # the planned patch size, strides and tile the checkpoint was trained with
+        apply_plan(cfg, plan_of_checkpoint(state, ckpt_path))
     model = load_model(cfg, ckpt_path, state, from_config)
     model.to(device).eval()
     out_dir = Path(output) if output else Path(cfg.test.output_dir) / cfg.experiment

@@ -15,7 +15,7 @@ import yaml
 import test as test_entry
 import train
 from datasets.synthetic_volumes import generate
-from utils.metrics import ConfusionMatrix
+from utils.metrics import ConfusionMatrix, default_class_names
 
 nib = pytest.importorskip("nibabel")
 
@@ -54,8 +54,11 @@ def test_the_plan_is_saved_used_and_in_the_checkpoint(trained):
     tmp_path, root, _ = trained
     run_dir = tmp_path / "ck" / "vol"
     plan = json.loads((run_dir / "plan.json").read_text())
-    spacings = np.array(plan["spacings"])
-    assert plan["target_spacing"] == pytest.approx(np.median(spacings, axis=0).tolist())  # not anisotropic (<3x)
+    spacings = np.array([json.loads(p.read_text())["spacing"] for p in sorted((root / "train").glob("*.json"))])
+    assert plan["target_spacing"][1:] == pytest.approx(np.median(spacings, axis=0)[1:].tolist())
+    assert plan["anisotropic_axis"] == 0  # z is over 3x coarser: its target is the 10th percentile
+    assert plan["target_spacing"][0] == pytest.approx(max(np.percentile(spacings[:, 0], 10),
+                                                          np.median(spacings[:, 1]) + 1e-5), rel=1e-4)
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["data"]["patch_size"] == plan["patch_size"]
     assert saved["model"]["strides"] == plan["strides"] and saved["model"]["depth"] == len(plan["strides"])
@@ -89,16 +92,17 @@ def test_predictions_are_at_the_original_shape_and_scored_per_case(trained):
         assert written.shape == truth["seg"].shape  # restored to the original grid
         assert json.loads((out / f"{row['case']}.json").read_text())["spacing"] == pytest.approx(
             json.loads((root / "val" / f"{row['case']}.json").read_text())["spacing"])
-        cm = ConfusionMatrix(3, class_names=["background", "1", "2"])
+        names = default_class_names(3)
+        cm = ConfusionMatrix(3, class_names=names)
         cm.update(torch.from_numpy(written.astype(np.int64)), torch.from_numpy(truth["seg"].astype(np.int64)))
         recomputed = cm.compute()["dice_per_class"]
-        for cls in ("1", "2"):
-            assert (float(row[f"dice_{cls}"]) if row[f"dice_{cls}"] else None) == pytest.approx(recomputed[cls])
-        dice.append([recomputed["1"], recomputed["2"]])
+        for cls in names[1:]:
+            assert (float(row[f"dice_{cls}"]) if row[f"dice_{cls}"] else None) == pytest.approx(recomputed[cls], abs=1e-6)
+        dice.append([np.nan if recomputed[c] is None else recomputed[c] for c in names[1:]])
         assert (out / "qc" / f"{row['case']}.png").is_file()
     summary = json.loads((out / "summary.json").read_text())
     per_class = np.nanmean(np.array(dice, dtype=float), axis=0)
-    assert summary["per_case_mean"]["foreground_mean"] == pytest.approx(per_class.mean())
+    assert summary["per_case_mean"]["foreground_mean"] == pytest.approx(per_class.mean(), abs=1e-6)
     assert "nnU-Net" in summary["per_case_mean"]["definition"]
 
 
