@@ -20,6 +20,9 @@ Writes ``<test.output_dir>/<experiment>/`` (or ``--output``):
 * ``cityscapes_submission/<city>_<seq>_<frame>_leftImg8bit.png``  label ids for the
                           benchmark server (``test.submission``; auto: Cityscapes' test split)
 
+On a volume config (``data.name: volumes``) each case is predicted with the checkpoint's plan and written
+in its own format with QC slice grids, ``per_case.csv`` and ``summary.json`` (utils/volume_predict.py).
+
 Predictions are made at the size the validation transforms give and then
 resized (bilinear, on probabilities) to each image's original size, so every
 mask lines up with its image. A class present in the ground truth but never
@@ -276,9 +279,7 @@ def write_summary(cfg: Config, ckpt_path: Path, state: Dict[str, Any], source: s
 def run_volumes(cfg: Config, model: torch.nn.Module, ckpt_path: Path, state: Dict[str, Any],
                 input_dir: Optional[str], out_dir: Path) -> Dict[str, Any]:
     """Volumes: each case preprocessed with the checkpoint's plan, predicted, restored (utils/volume_predict.py)."""
-    plan = plan_of_checkpoint(state, ckpt_path)
-    if cfg.inference.tile is None:
-        cfg.inference.tile = tuple(cfg.data.patch_size or plan["patch_size"])
+    plan = cfg.volume_plan  # set by run() from the checkpoint (apply_plan), with the patch size as tile
     log.info("predicting volumes with %s (epoch %s) -> %s", ckpt_path, state.get("epoch"), out_dir)
     class_names, palette = class_names_and_palette(cfg)
     summary = {"experiment": cfg.experiment, "checkpoint": str(ckpt_path), "checkpoint_epoch": state.get("epoch"),

@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.transforms import ms_per_call  # noqa: E402
 from utils.transforms import build_transforms  # noqa: E402
 
 #: nnU-Net v2's default training augmentation, as the nnunet.py docstring lists it.
@@ -62,18 +63,6 @@ def samples_per_second(call: Callable[[], object], samples: int) -> float:
     for _ in range(samples):
         call()
     return samples / (time.perf_counter() - start)
-
-
-def ms_per_call(call: Callable[[], object], calls: int, repeats: int) -> float:
-    """Best of ``repeats`` rounds of ``calls`` calls, in milliseconds per call, after one warm-up call."""
-    call()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            call()
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best * 1e3
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
